@@ -1,0 +1,1 @@
+"""Configuration: catalog, registry, settings (paths, env), feature flags."""
