@@ -1,0 +1,357 @@
+"""The `bastion` command: a thin shell over `bastion.service`.
+
+Imports of heavy modules (the mcp SDK, httpx2, the store) happen inside the commands, so
+`bastion --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from bastion.service import Bastion
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"bastion: {message}", err=True)
+    sys.exit(code)
+
+
+def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body; turn Bastion's errors into one line on stderr and exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        import anyio  # lazy: keeps `bastion --help` fast
+
+        from bastion.errors import BastionError
+
+        try:
+            return anyio.run(functools.partial(fn, *args, **kwargs))
+        except BastionError as exc:
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def open_app() -> Bastion:
+    from bastion.service import Bastion
+
+    return Bastion.open()
+
+
+def _configure_logging(verbose: int) -> None:
+    level = os.environ.get("BASTION_LOG_LEVEL", "").upper() or (
+        "DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING"
+    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if level != "DEBUG":
+        logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="bastion")
+def cli(verbose: int) -> None:
+    """Bastion: one MCP server in front of many, with OAuth built in."""
+    _configure_logging(verbose)
+
+
+# --------------------------------------------------------------------------- server
+
+
+@cli.group()
+def server() -> None:
+    """Catalog servers: list, enable, disable, inspect."""
+
+
+@server.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@run_async
+async def server_ls(as_json: bool) -> None:
+    """List catalog servers and whether they are enabled."""
+    async with open_app() as app:
+        enabled = set(app.enabled())
+        rows = []
+        for name, entry in app.catalog.entries.items():
+            rows.append(
+                {
+                    "name": name,
+                    "enabled": name in enabled,
+                    "type": entry.type,
+                    "transport": entry.remote.transport_type if entry.is_remote and entry.remote else "stdio",
+                    "oauth": entry.uses_oauth,
+                    "title": entry.title or "",
+                    "source": entry.source,
+                }
+            )
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        for row in rows:
+            mark = "●" if row["enabled"] else "○"
+            oauth = " oauth" if row["oauth"] else ""
+            click.echo(f"{mark} {row['name']:<24} {row['transport']:<16}{oauth:<6} {row['title']}")
+
+
+@server.command("enable")
+@click.argument("names", nargs=-1, required=True)
+@run_async
+async def server_enable(names: tuple[str, ...]) -> None:
+    """Enable servers from the catalog (no network is touched)."""
+    async with open_app() as app:
+        for entry in await app.enable(names):
+            click.echo(f"enabled {entry.name}")
+            if entry.uses_oauth:
+                click.echo(f"  {entry.name} uses OAuth: run `bastion oauth authorize {entry.name}`")
+
+
+@server.command("disable")
+@click.argument("names", nargs=-1, required=True)
+@run_async
+async def server_disable(names: tuple[str, ...]) -> None:
+    """Disable servers; their tokens are revoked and removed, their client registration removed."""
+    async with open_app() as app:
+        problems = await app.disable(names)
+        for name in names:
+            click.echo(f"disabled {name}")
+            for problem in problems.get(name, []):
+                click.echo(f"  warning: revocation: {problem} (tokens removed locally anyway)", err=True)
+
+
+@server.command("inspect")
+@click.argument("name")
+@run_async
+async def server_inspect(name: str) -> None:
+    """Show a catalog entry and its OAuth state."""
+    from bastion.service import provider_row
+
+    async with open_app() as app:
+        entry = app.entry(name)
+        doc: dict[str, Any] = entry.model_dump(mode="json", exclude_defaults=True)
+        doc["enabled"] = name in app.enabled()
+        record = await app.store.get(name)
+        if record is not None:
+            doc["oauth_state"] = provider_row(record).as_json()
+        click.echo(json.dumps(doc, indent=2))
+
+
+# --------------------------------------------------------------------------- feature
+
+
+@cli.group()
+def feature() -> None:
+    """Feature flags."""
+
+
+@feature.command("ls")
+@run_async
+async def feature_ls() -> None:
+    """List feature flags."""
+    from bastion.config.settings import FEATURES
+
+    async with open_app() as app:
+        for name, (_, description) in sorted(FEATURES.items()):
+            state = "enabled" if app.settings.feature(name) else "disabled"
+            click.echo(f"{name:<12} {state:<9} {description}")
+
+
+@feature.command("enable")
+@click.argument("name")
+@run_async
+async def feature_enable(name: str) -> None:
+    """Turn a feature on."""
+    async with open_app() as app:
+        app.set_feature(name, True)
+        click.echo(f"{name} enabled")
+
+
+@feature.command("disable")
+@click.argument("name")
+@run_async
+async def feature_disable(name: str) -> None:
+    """Turn a feature off."""
+    async with open_app() as app:
+        app.set_feature(name, False)
+        click.echo(f"{name} disabled")
+
+
+# --------------------------------------------------------------------------- oauth
+
+
+@cli.group()
+def oauth() -> None:
+    """OAuth providers: list, authorize, revoke, pre-registered clients."""
+
+
+def _format_expiry(expires_at: float | None) -> str:
+    import time
+
+    if expires_at is None:
+        return "-"
+    left = int(expires_at - time.time())
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires_at))
+    return f"{stamp} ({'in ' + str(left) + 's' if left >= 0 else 'expired'})"
+
+
+@oauth.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+@run_async
+async def oauth_ls(as_json: bool) -> None:
+    """One row per OAuth provider: server, state, issuer, client id, scopes, expiry."""
+    async with open_app() as app:
+        rows = await app.providers()
+        if as_json:
+            click.echo(json.dumps([r.as_json() for r in rows], indent=2))
+            return
+        if not rows:
+            click.echo("no OAuth providers (enable a remote server with `bastion server enable NAME`)")
+            return
+        click.echo(f"{'SERVER':<20} {'STATE':<20} {'ISSUER':<36} {'CLIENT ID':<24} {'SCOPES':<24} EXPIRES")
+        for r in rows:
+            click.echo(
+                f"{r.server:<20} {r.state.value:<20} {r.issuer or '-':<36} {(r.client_id or '-')[:24]:<24} "
+                f"{' '.join(r.scopes) or '-':<24} {_format_expiry(r.expires_at)}"
+            )
+
+
+@oauth.command("authorize")
+@click.argument("name")
+@click.option("--scopes", default=None, help='Space-separated scopes, e.g. "read write" (overrides discovery).')
+@click.option("--no-browser", is_flag=True, help="Print the URL instead of opening a browser.")
+@click.option("--callback-port", type=int, default=None, help="Loopback callback port (default from config, 5175).")
+@click.option("--timeout", type=float, default=None, help="Seconds to wait for the browser (default 300).")
+@run_async
+async def oauth_authorize(
+    name: str, scopes: str | None, no_browser: bool, callback_port: int | None, timeout: float | None
+) -> None:
+    """Run the whole authorization: discovery, registration, browser, callback, tokens."""
+    from bastion.oauth.useragent import BrowserUserAgent, PrintUserAgent
+
+    agent = PrintUserAgent() if no_browser else BrowserUserAgent()
+
+    def progress(message: str) -> None:
+        click.echo(f"· {message}", err=True)
+
+    async with open_app() as app:
+        record = await app.authorize(
+            name,
+            agent,
+            scopes=scopes.split() if scopes is not None else None,
+            callback_port=callback_port,
+            timeout=timeout,
+            progress=progress,
+        )
+        tokens = record.tokens
+        granted = " ".join(tokens.scopes) if tokens is not None and tokens.scopes else "(none)"
+        click.echo(f"authorized {name} (scopes: {granted})")
+
+
+@oauth.command("revoke")
+@click.argument("name")
+@run_async
+async def oauth_revoke(name: str) -> None:
+    """Revoke the tokens at the authorization server, then delete them locally."""
+    async with open_app() as app:
+        problems = await app.revoke(name)
+        for problem in problems:
+            click.echo(f"warning: revocation: {problem} (tokens removed locally anyway)", err=True)
+        click.echo(f"revoked {name}")
+
+
+@oauth.group("client")
+def oauth_client() -> None:
+    """Pre-registered OAuth clients."""
+
+
+@oauth_client.command("set")
+@click.argument("name")
+@click.option("--client-id", required=True)
+@click.option("--client-secret", default=None, help="Prefer BASTION_CLIENT_SECRET in the environment.")
+@click.option("--issuer", default=None, help="The authorization server this client belongs to.")
+@click.option(
+    "--auth-method",
+    type=click.Choice(["none", "client_secret_basic", "client_secret_post"]),
+    default=None,
+    help="Token endpoint authentication (default: basic with a secret, none without).",
+)
+@run_async
+async def oauth_client_set(
+    name: str, client_id: str, client_secret: str | None, issuer: str | None, auth_method: str | None
+) -> None:
+    """Use a client registered by hand instead of dynamic registration."""
+    secret = client_secret or os.environ.get("BASTION_CLIENT_SECRET") or None
+    async with open_app() as app:
+        await app.set_client(name, client_id, secret, issuer, auth_method)
+        click.echo(f"client set for {name}: {client_id}" + (" (with secret)" if secret else ""))
+
+
+@oauth_client.command("rm")
+@click.argument("name")
+@run_async
+async def oauth_client_rm(name: str) -> None:
+    """Forget the client registration of NAME (and its tokens)."""
+    async with open_app() as app:
+        removed = await app.remove_client(name)
+        click.echo(f"client removed for {name}" if removed else f"{name} had no client registration")
+
+
+# --------------------------------------------------------------------------- secret
+
+
+@cli.group()
+def secret() -> None:
+    """Secrets that catalog entries ask for (kept in the store, never printed back)."""
+
+
+@secret.command("set")
+@click.argument("name")
+@click.option("--value", default=None, help="The value (default: read from stdin or prompt).")
+@run_async
+async def secret_set(name: str, value: str | None) -> None:
+    """Set secret NAME."""
+    if value is None:
+        value = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else click.prompt(name, hide_input=True)
+    async with open_app() as app:
+        await app.store.set_secret(name, value)
+    click.echo(f"secret {name} set")
+
+
+@secret.command("ls")
+@run_async
+async def secret_ls() -> None:
+    """List secret names."""
+    async with open_app() as app:
+        for name in await app.store.list_secrets():
+            click.echo(name)
+
+
+@secret.command("rm")
+@click.argument("name")
+@run_async
+async def secret_rm(name: str) -> None:
+    """Remove secret NAME."""
+    async with open_app() as app:
+        removed = await app.store.delete_secret(name)
+    click.echo(f"secret {name} removed" if removed else f"no secret named {name}")
+
+
+def main() -> None:
+    cli(prog_name="bastion")
+
+
+if __name__ == "__main__":
+    main()

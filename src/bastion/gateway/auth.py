@@ -1,0 +1,112 @@
+"""Bearer tokens on the wire to remote upstreams (RFC 6750 §2.1, §3; MCP authorization spec).
+
+https://www.rfc-editor.org/rfc/rfc6750
+
+`UpstreamBearerAuth` is the `httpx2.Auth` of one upstream's long-lived HTTP client. Per request
+it reads the token from `TokenProvider.cached_token` (memory, no I/O) and only awaits
+`fresh_token` when the provider says the token is near expiry. A 401 gets one
+`refresh_after_401` and one retry; a 403 whose challenge says `insufficient_scope` asks the
+provider to step up. Either way, when no usable token is left the upstream is told (through
+`on_needs_authorization`) and the response goes back to the transport unchanged: an upstream
+without a token is `needs-authorization`, not a gateway error.
+
+Only this object sets `Authorization` on upstream requests; nothing from a downstream request
+is ever copied to an upstream one. Token values never reach a log line or a message.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncGenerator, Callable, Generator
+
+import httpx2
+
+from bastion.oauth.api import TokenProvider
+
+logger = logging.getLogger(__name__)
+
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+# auth-param = token BWS "=" BWS ( token / quoted-string )   (RFC 9110 §11.2)
+_PARAM = re.compile(rf'[\s,]*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)')
+_SCHEME = re.compile(rf"[\s,]*({_TOKEN})(?=[\s,]|$)")
+
+
+def bearer_challenge_params(header: str) -> dict[str, str]:
+    """The auth-params of the `Bearer` challenge in a WWW-Authenticate value, lower-cased keys.
+
+    Minimal on purpose (only `error` and `scope` matter here, RFC 6750 §3);
+    `bastion.oauth.rfc6750` owns the full grammar. Empty when there is no Bearer challenge.
+    """
+    params: dict[str, str] = {}
+    in_bearer = False
+    pos = 0
+    while pos < len(header):
+        if (param := _PARAM.match(header, pos)) is not None:
+            if in_bearer:
+                key, raw = param.group(1).lower(), param.group(2)
+                value = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
+                params.setdefault(key, value)
+            pos = param.end()
+        elif (scheme := _SCHEME.match(header, pos)) is not None:
+            if in_bearer:
+                break
+            in_bearer = scheme.group(1).lower() == "bearer"
+            pos = scheme.end()
+        else:
+            pos += 1
+    return params
+
+
+class UpstreamBearerAuth(httpx2.Auth):
+    """Injects the upstream's bearer token; refreshes once on 401; steps up on insufficient_scope."""
+
+    def __init__(
+        self,
+        server: str,
+        provider: TokenProvider,
+        on_needs_authorization: Callable[[str], None],
+    ) -> None:
+        self._server = server
+        self._provider = provider
+        self._on_needs_authorization = on_needs_authorization
+
+    def sync_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
+        raise RuntimeError("UpstreamBearerAuth only works with httpx2.AsyncClient")
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        provider, server = self._provider, self._server
+        token = provider.cached_token(server)
+        if token is None or provider.needs_refresh(server):
+            token = await provider.fresh_token(server)
+        _authorize(request, token)
+        response = yield request
+
+        if response.status_code == 401:
+            if token is None:
+                self._on_needs_authorization("no access token is stored")
+                return
+            renewed = await provider.refresh_after_401(server, token)
+            if renewed is None or renewed == token:
+                self._on_needs_authorization("the server rejected the access token and it could not be refreshed")
+                return
+            _authorize(request, renewed)
+            response = yield request
+            if response.status_code == 401:
+                self._on_needs_authorization("the server rejected a freshly refreshed access token")
+                return
+
+        if response.status_code == 403:
+            params = bearer_challenge_params(response.headers.get("www-authenticate", ""))
+            if params.get("error") == "insufficient_scope":
+                scopes = params.get("scope", "").split()
+                await provider.step_up(server, scopes)
+                needed = f" ({' '.join(scopes)})" if scopes else ""
+                self._on_needs_authorization(f"the server requires more scopes{needed}")
+
+
+def _authorize(request: httpx2.Request, token: str | None) -> None:
+    if token is None:
+        request.headers.pop("Authorization", None)
+    else:
+        request.headers["Authorization"] = f"Bearer {token}"

@@ -1,0 +1,260 @@
+"""The authorization code flow with PKCE, split in two halves so the CLI's loopback listener
+and the web page's own route can both complete it:
+
+1. `begin`: discovery → client (reuse / CIMD / DCR) → PKCE S256 + single-use `state` →
+   authorization URL (with `resource`, RFC 8707).
+2. `complete`: check `state`, the callback's `error`, `iss` (RFC 9207) → exchange the code
+   (with `resource` and the verifier) → store the token set.
+
+`authorize` runs both around a `LoopbackCallback` and a `UserAgent`.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import httpx2
+
+from bastion.errors import AuthorizationError, InvalidGrantError, StateMismatchError, TokenError
+from bastion.oauth import rfc6749, rfc7636, rfc9207
+from bastion.oauth.callback import LoopbackCallback
+from bastion.oauth.discovery import Discovery, discover, select_scopes
+from bastion.oauth.registration import ensure_client
+from bastion.oauth.useragent import UserAgent
+from bastion.store.base import Store
+from bastion.store.models import ClientRegistration, ProviderRecord, TokenSet
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    server_name: str
+    server_url: str
+    transport: str = "streamable-http"
+    scopes: Sequence[str] | None = None
+    """`--scopes`: overrides every other source."""
+    configured_scopes: Sequence[str] | None = None
+    """The catalog's `oauth.scopes`, used when the server says nothing."""
+    dcr_enabled: bool = True
+    client_id_metadata_document: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """Everything `complete` needs; lives only in memory, never stored."""
+
+    options: FlowOptions
+    discovery: Discovery
+    client: ClientRegistration
+    redirect_uri: str
+    state: str
+    pkce: rfc7636.PKCE = field(repr=False)
+    scopes: list[str]
+    url: str
+    created_at: float
+
+
+async def begin(
+    http: httpx2.AsyncClient,
+    store: Store,
+    options: FlowOptions,
+    *,
+    redirect_uri: str,
+    progress: Progress = _silent,
+) -> PendingAuthorization:
+    progress(f"Discovering the authorization server of {options.server_url}")
+    discovery = await discover(http, options.server_url, transport=options.transport)
+    progress(f"Authorization server: {discovery.issuer}")
+    record = await store.get(options.server_name)
+    extra = list(record.requested_scopes) if record is not None else []
+    scopes = select_scopes(discovery, override=options.scopes, extra=extra, configured=options.configured_scopes)
+    client = await ensure_client(
+        http,
+        discovery,
+        record.client if record is not None else None,
+        server_name=options.server_name,
+        redirect_uri=redirect_uri,
+        scopes=scopes,
+        dcr_enabled=options.dcr_enabled,
+        client_id_metadata_document=options.client_id_metadata_document,
+    )
+    if record is None or record.client != client:
+        await _save_client(store, options, client)
+        progress(f"Client registered ({client.source}): {client.client_id}")
+    pkce = rfc7636.generate_pkce()
+    state = secrets.token_urlsafe(32)
+    extra_params = {"prompt": "consent"} if "offline_access" in scopes else None
+    url = rfc6749.build_authorization_url(
+        str(discovery.metadata.authorization_endpoint),
+        client_id=client.client_id,
+        redirect_uri=redirect_uri,
+        state=state,
+        code_challenge=pkce.challenge,
+        scopes=scopes,
+        resource=discovery.resource,
+        extra=extra_params,
+    )
+    return PendingAuthorization(
+        options=options,
+        discovery=discovery,
+        client=client,
+        redirect_uri=redirect_uri,
+        state=state,
+        pkce=pkce,
+        scopes=scopes,
+        url=url,
+        created_at=time.time(),
+    )
+
+
+async def _save_client(store: Store, options: FlowOptions, client: ClientRegistration) -> None:
+    async with store.lock(options.server_name):
+        record = await store.get(options.server_name)
+        if record is None:
+            record = ProviderRecord(server=options.server_name, resource_url=options.server_url)
+        tokens = record.tokens if record.client is not None and record.client.client_id == client.client_id else None
+        await store.put(record.model_copy(update={"client": client, "tokens": tokens}))
+
+
+def check_callback(pending: PendingAuthorization, params: Mapping[str, str]) -> str:
+    """Validate the authorization response (RFC 6749 §4.1.2, RFC 9207); return the code."""
+    received_state = params.get("state")
+    if received_state is None or not secrets.compare_digest(received_state, pending.state):
+        raise StateMismatchError(
+            "the authorization response does not belong to this request (state mismatch)",
+            hint="start again with `bastion oauth authorize`; if it repeats, someone may be tampering",
+        )
+    advertised = bool(pending.discovery.metadata.authorization_response_iss_parameter_supported)
+    rfc9207.check_iss(params.get("iss"), pending.discovery.issuer, advertised)
+    if "error" in params:
+        error = params["error"]
+        description = params.get("error_description")
+        said = f"{error}: {description}" if description else error
+        raise AuthorizationError(
+            f"the authorization server refused: {said}",
+            error=error,
+            error_description=description,
+            error_uri=params.get("error_uri"),
+            hint=f"run `bastion oauth authorize {pending.options.server_name}` to try again",
+        )
+    code = params.get("code")
+    if not code:
+        raise AuthorizationError("the authorization response carried no code", hint="try again")
+    return code
+
+
+async def exchange_code(http: httpx2.AsyncClient, pending: PendingAuthorization, code: str) -> TokenSet:
+    metadata = pending.discovery.metadata
+    form = rfc6749.authorization_code_form(code, pending.redirect_uri, pending.pkce.verifier, pending.discovery.resource)
+    auth_form, headers = rfc6749.client_authentication(pending.client)
+    try:
+        response = await http.post(
+            str(metadata.token_endpoint),
+            data={**form, **auth_form},
+            headers={**headers, "Accept": "application/json"},
+        )
+    except httpx2.TransportError as exc:
+        raise TokenError(f"cannot reach the token endpoint: {type(exc).__name__}", hint="try again") from None
+    return rfc6749.parse_token_response(
+        response.status_code,
+        response.content,
+        now=time.time(),
+        issuer=pending.discovery.issuer,
+        token_endpoint=str(metadata.token_endpoint),
+        revocation_endpoint=str(metadata.revocation_endpoint) if metadata.revocation_endpoint else None,
+        resource=pending.discovery.resource,
+        client_id=pending.client.client_id,
+        requested_scopes=pending.scopes,
+    )
+
+
+async def complete(
+    http: httpx2.AsyncClient, store: Store, pending: PendingAuthorization, params: Mapping[str, str]
+) -> ProviderRecord:
+    code = check_callback(pending, params)
+    try:
+        tokens = await exchange_code(http, pending, code)
+    except TokenError as exc:
+        if exc.error == "invalid_client" and pending.client.source == "dcr":
+            await forget_client(store, pending.options.server_name)
+            raise TokenError(
+                "the authorization server no longer knows Bastion's client registration",
+                error=exc.error,
+                hint=f"run `bastion oauth authorize {pending.options.server_name}` again to register anew",
+            ) from None
+        raise
+    name = pending.options.server_name
+    async with store.lock(name):
+        record = await store.get(name) or ProviderRecord(server=name, resource_url=pending.options.server_url)
+        record = record.model_copy(
+            update={
+                "client": pending.client,
+                "tokens": tokens,
+                "needs_authorization": False,
+                "requested_scopes": [],
+                "last_error": None,
+                "resource_url": pending.options.server_url,
+            }
+        )
+        return await store.put(record)
+
+
+async def forget_client(store: Store, server: str) -> None:
+    async with store.lock(server):
+        record = await store.get(server)
+        if record is not None and record.client is not None and record.client.source != "preregistered":
+            await store.put(record.model_copy(update={"client": None, "tokens": None}))
+
+
+OpenURL = Callable[[str], Awaitable[None] | None]
+
+
+async def authorize(
+    http: httpx2.AsyncClient,
+    store: Store,
+    options: FlowOptions,
+    user_agent: UserAgent,
+    *,
+    callback_port: int,
+    timeout: float,
+    progress: Progress = _silent,
+) -> ProviderRecord:
+    """The whole flow on the loopback callback. An `invalid_client` from the token endpoint for a
+    dynamically registered client registers again and retries once."""
+    for attempt in (1, 2):
+        async with LoopbackCallback(callback_port) as callback:
+            pending = await begin(http, store, options, redirect_uri=callback.redirect_uri, progress=progress)
+            user_agent.open(pending.url)
+            progress(f"Waiting for the browser (up to {timeout:.0f}s)…")
+            params = await callback.wait(timeout)
+        try:
+            return await complete(http, store, pending, params)
+        except TokenError as exc:
+            if attempt == 1 and exc.error == "invalid_client" and pending.client.source == "dcr":
+                progress("The authorization server forgot our client; registering again")
+                continue
+            raise
+    raise AssertionError("unreachable")
+
+
+__all__ = [
+    "FlowOptions",
+    "InvalidGrantError",
+    "PendingAuthorization",
+    "authorize",
+    "begin",
+    "check_callback",
+    "complete",
+    "exchange_code",
+]

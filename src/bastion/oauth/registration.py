@@ -1,0 +1,123 @@
+"""Client registration, in the order the MCP spec prefers:
+
+1. pre-registered credentials (`bastion oauth client set`);
+2. a client ID metadata document URL, when configured and the server advertises
+   `client_id_metadata_document_supported`;
+3. RFC 7591 Dynamic Client Registration, only when the `oauth-dcr` feature is on.
+
+Registrations are keyed by server and issuer: a different issuer, a changed redirect URI or an
+expired client secret means register again (and so does `invalid_client`, see `flow`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import httpx2
+
+from bastion.errors import RegistrationError
+from bastion.oauth import rfc7591
+from bastion.oauth.discovery import Discovery
+from bastion.store.models import ClientRegistration
+
+logger = logging.getLogger(__name__)
+
+
+def reusable(client: ClientRegistration | None, *, issuer: str, redirect_uri: str, now: float) -> bool:
+    """May `client` be used for this issuer and redirect URI?"""
+    if client is None:
+        return False
+    if client.source == "preregistered":
+        return client.issuer is None or client.issuer == issuer
+    if client.issuer != issuer:
+        return False
+    if client.source == "dcr" and redirect_uri not in client.redirect_uris:
+        return False
+    expires = client.client_secret_expires_at
+    return not (expires and expires <= now)
+
+
+def client_id_metadata_client(document_url: str, *, issuer: str, redirect_uri: str) -> ClientRegistration:
+    """A CIMD client: the document's https URL is the client_id (no registration request)."""
+    return ClientRegistration(
+        client_id=document_url,
+        token_endpoint_auth_method="none",
+        redirect_uris=[redirect_uri],
+        issuer=issuer,
+        source="cimd",
+    )
+
+
+async def register(
+    http: httpx2.AsyncClient,
+    discovery: Discovery,
+    *,
+    server_name: str,
+    redirect_uri: str,
+    scopes: Sequence[str],
+) -> ClientRegistration:
+    """RFC 7591 §3: POST the client metadata to the registration endpoint."""
+    endpoint = discovery.metadata.registration_endpoint
+    if not endpoint:
+        raise RegistrationError(
+            f"the authorization server {discovery.issuer} does not offer dynamic client registration",
+            hint=f"register a client with the provider, then `bastion oauth client set {server_name} --client-id ID`",
+        )
+    request = rfc7591.build_registration_request(
+        server_name=server_name,
+        redirect_uris=[redirect_uri],
+        scopes=scopes,
+        token_endpoint_auth_methods_supported=discovery.metadata.token_endpoint_auth_methods_supported,
+    )
+    try:
+        response = await http.post(
+            str(endpoint),
+            json=request.model_dump(mode="json", exclude_none=True),
+            headers={"Accept": "application/json"},
+        )
+    except httpx2.TransportError as exc:
+        raise RegistrationError(
+            f"cannot reach the registration endpoint of {discovery.issuer}: {type(exc).__name__}",
+            hint="check your network and try again",
+        ) from None
+    client = rfc7591.parse_registration_response(
+        response.status_code, response.content, issuer=discovery.issuer, redirect_uris=[redirect_uri]
+    )
+    logger.info("registered client for %s at %s", server_name, discovery.issuer)
+    return client
+
+
+async def ensure_client(
+    http: httpx2.AsyncClient,
+    discovery: Discovery,
+    existing: ClientRegistration | None,
+    *,
+    server_name: str,
+    redirect_uri: str,
+    scopes: Sequence[str],
+    dcr_enabled: bool,
+    client_id_metadata_document: str | None,
+) -> ClientRegistration:
+    """The client to authorize with: reuse, CIMD, or register (in that order)."""
+    if reusable(existing, issuer=discovery.issuer, redirect_uri=redirect_uri, now=time.time()):
+        assert existing is not None
+        return existing
+    if existing is not None and existing.source == "preregistered":
+        raise RegistrationError(
+            f"the pre-registered client of {server_name} belongs to {existing.issuer}, "
+            f"but the server now uses {discovery.issuer}",
+            hint=f"run `bastion oauth client set {server_name} --client-id ID --issuer {discovery.issuer}`",
+        )
+    if client_id_metadata_document and discovery.metadata.client_id_metadata_document_supported:
+        return client_id_metadata_client(client_id_metadata_document, issuer=discovery.issuer, redirect_uri=redirect_uri)
+    if not dcr_enabled:
+        raise RegistrationError(
+            f"{server_name} has no pre-registered OAuth client and dynamic registration (oauth-dcr) is off",
+            hint=(
+                f"register a client with the provider and run `bastion oauth client set {server_name} "
+                "--client-id ID [--client-secret SECRET]`, or `bastion feature enable oauth-dcr`"
+            ),
+        )
+    return await register(http, discovery, server_name=server_name, redirect_uri=redirect_uri, scopes=scopes)

@@ -1,0 +1,225 @@
+"""The token manager: an in-memory cache of access tokens fed by the store, refresh with
+single-flight per server (within the process by an asyncio lock, across processes by
+`Store.lock` + compare-and-set), step-up and revocation.
+
+Refresh, per RFC 6749 §6 with `resource` (RFC 8707):
+1. take the per-server lock (process, then store);
+2. re-read the record: if its access token is not the one we were about to replace, someone
+   else refreshed or re-authorized — use theirs;
+3. spend the refresh token; store the rotated token set with compare-and-set on the revision read;
+4. `invalid_grant` → the provider is `needs-authorization` (tokens dropped), and the error says
+   to run `bastion oauth authorize NAME`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import httpx2
+
+from bastion.errors import InvalidGrantError, NeedsAuthorizationError, StoreError, TokenError
+from bastion.oauth import rfc6749, rfc7009
+from bastion.store.base import Store
+from bastion.store.models import ProviderRecord, TokenSet
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+def _authorize_hint(server: str) -> str:
+    return f"run `bastion oauth authorize {server}`"
+
+
+async def refresh_tokens(http: httpx2.AsyncClient, record: ProviderRecord, *, now: float) -> TokenSet:
+    """Spend the refresh token of `record` once (no locking; callers hold the lock)."""
+    tokens, client = record.tokens, record.client
+    if tokens is None or client is None or not tokens.refresh_token:
+        raise NeedsAuthorizationError(f"{record.server} has no refresh token", hint=_authorize_hint(record.server))
+    form = rfc6749.refresh_form(tokens.refresh_token, tokens.resource, None)
+    auth_form, headers = rfc6749.client_authentication(client)
+    try:
+        response = await http.post(
+            tokens.token_endpoint, data={**form, **auth_form}, headers={**headers, "Accept": "application/json"}
+        )
+    except httpx2.TransportError as exc:
+        raise TokenError(
+            f"cannot reach the token endpoint of {record.server}: {type(exc).__name__}", hint="try again later"
+        ) from None
+    return rfc6749.parse_token_response(
+        response.status_code,
+        response.content,
+        now=now,
+        issuer=tokens.issuer,
+        token_endpoint=tokens.token_endpoint,
+        revocation_endpoint=tokens.revocation_endpoint,
+        resource=tokens.resource,
+        client_id=client.client_id,
+        requested_scopes=tokens.scopes,
+        previous_refresh_token=tokens.refresh_token,
+    )
+
+
+class TokenManager:
+    """Implements `bastion.oauth.api.TokenProvider` over a `Store`."""
+
+    def __init__(
+        self,
+        store: Store,
+        http: httpx2.AsyncClient,
+        *,
+        refresh_margin: float = 60.0,
+        clock: Clock = time.time,
+        lock_timeout: float = 30.0,
+    ) -> None:
+        self._store = store
+        self._http = http
+        self._margin = refresh_margin
+        self._clock = clock
+        self._lock_timeout = lock_timeout
+        self._cache: dict[str, TokenSet] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.refresh_count = 0
+        """Refreshes this manager actually sent (for tests and benchmarks)."""
+
+    # -- cache -------------------------------------------------------------------------------
+
+    async def load(self, server: str) -> TokenSet | None:
+        """(Re)load one server's token set from the store into the cache."""
+        record = await self._store.get(server)
+        return self._remember(server, record)
+
+    async def load_all(self) -> None:
+        for record in await self._store.list():
+            self._remember(record.server, record)
+
+    def forget(self, server: str) -> None:
+        self._cache.pop(server, None)
+
+    def _remember(self, server: str, record: ProviderRecord | None) -> TokenSet | None:
+        if record is None or record.tokens is None or record.needs_authorization:
+            self._cache.pop(server, None)
+            return None
+        self._cache[server] = record.tokens
+        return record.tokens
+
+    def cached(self, server: str) -> TokenSet | None:
+        return self._cache.get(server)
+
+    # -- TokenProvider -------------------------------------------------------------------------
+
+    def cached_token(self, server: str) -> str | None:
+        tokens = self._cache.get(server)
+        return tokens.access_token if tokens is not None else None
+
+    def needs_refresh(self, server: str) -> bool:
+        tokens = self._cache.get(server)
+        return tokens is not None and tokens.expired(self._clock(), self._margin)
+
+    async def fresh_token(self, server: str) -> str | None:
+        tokens = self._cache.get(server)
+        if tokens is not None and not tokens.expired(self._clock(), self._margin):
+            return tokens.access_token
+        stale = tokens.access_token if tokens is not None else None
+        return await self._refresh(server, stale, force=False)
+
+    async def refresh_after_401(self, server: str, rejected: str) -> str | None:
+        return await self._refresh(server, rejected, force=True)
+
+    async def step_up(self, server: str, challenged_scopes: list[str]) -> None:
+        async with self._store.lock(server, timeout=self._lock_timeout):
+            record = await self._store.get(server)
+            if record is None:
+                return
+            held = record.tokens.scopes if record.tokens is not None else []
+            wanted = list(dict.fromkeys([*held, *record.requested_scopes, *challenged_scopes]))
+            await self._store.put(
+                record.model_copy(
+                    update={
+                        "needs_authorization": True,
+                        "requested_scopes": wanted,
+                        "last_error": f"the server needs more scopes: {' '.join(challenged_scopes)}",
+                    }
+                )
+            )
+        self._cache.pop(server, None)
+
+    # -- refresh ------------------------------------------------------------------------------
+
+    async def _refresh(self, server: str, stale: str | None, *, force: bool) -> str | None:
+        lock = self._locks.setdefault(server, asyncio.Lock())
+        async with lock:
+            # Someone in this process refreshed while we waited.
+            current = self._cache.get(server)
+            if current is not None and current.access_token != stale:
+                if force or not current.expired(self._clock(), self._margin):
+                    return current.access_token
+            try:
+                return await self._refresh_locked(server, stale, force=force)
+            except StoreError as exc:
+                logger.warning("refresh of %s: store unavailable (%s)", server, type(exc).__name__)
+                return current.access_token if current is not None else None
+
+    async def _refresh_locked(self, server: str, stale: str | None, *, force: bool) -> str | None:
+        async with self._store.lock(server, timeout=self._lock_timeout):
+            record = await self._store.get(server)
+            if record is None or record.tokens is None or record.needs_authorization:
+                self._remember(server, record)
+                return None
+            now = self._clock()
+            tokens = record.tokens
+            if tokens.access_token != stale and (force or not tokens.expired(now, self._margin)):
+                # Another process refreshed or re-authorized: adopt its token.
+                self._cache[server] = tokens
+                return tokens.access_token
+            if not tokens.refresh_token:
+                if tokens.expired(now):
+                    self._cache.pop(server, None)
+                    return None
+                return tokens.access_token
+            try:
+                self.refresh_count += 1
+                new_tokens = await refresh_tokens(self._http, record, now=now)
+            except InvalidGrantError as exc:
+                said = exc.error_description or "the refresh token was rejected"
+                await self._store.put(
+                    record.model_copy(
+                        update={"tokens": None, "needs_authorization": True, "last_error": f"invalid_grant: {said}"}
+                    )
+                )
+                self._cache.pop(server, None)
+                logger.warning("%s needs authorization: refresh rejected (invalid_grant); %s", server, _authorize_hint(server))
+                return None
+            written = await self._store.compare_and_set(
+                record.model_copy(update={"tokens": new_tokens, "last_error": None}), record.revision
+            )
+            if written is None:
+                # Cannot happen while we hold the lock, unless the lease expired: keep what was written.
+                logger.warning("refresh of %s raced a concurrent write; re-reading", server)
+                return self.cached_token(server) if await self.load(server) else None
+            self._cache[server] = new_tokens
+            logger.info("refreshed the access token of %s", server)
+            return new_tokens.access_token
+
+
+async def revoke(http: httpx2.AsyncClient, record: ProviderRecord) -> list[str]:
+    """RFC 7009 revocation of the refresh and access tokens at the authorization server.
+    Returns a list of problems (empty when all went well); never raises for the server's answer."""
+    tokens, client = record.tokens, record.client
+    if tokens is None or client is None or not tokens.revocation_endpoint:
+        return []
+    problems: list[str] = []
+    for form, headers in rfc7009.revocation_requests(tokens, client):
+        kind = form.get("token_type_hint", "token")
+        try:
+            response = await http.post(tokens.revocation_endpoint, data=form, headers=headers)
+        except httpx2.TransportError as exc:
+            problems.append(f"{kind}: cannot reach the revocation endpoint ({type(exc).__name__})")
+            continue
+        if not rfc7009.revocation_ok(response.status_code):
+            error, _, _ = rfc6749.parse_oauth_error(response.content)
+            problems.append(f"{kind}: revocation endpoint answered {response.status_code} {error or ''}".rstrip())
+    return problems
