@@ -205,7 +205,11 @@ def parse_www_authenticate(value: str) -> list[Challenge]:
             break
         name = scanner.read_while(_TCHAR)
         if not name:
-            scanner.pos += 1
+            # Not a token: skip this list element (a stray quoted string as a whole).
+            if scanner.peek() == '"':
+                scanner.read_quoted()
+            else:
+                scanner.pos += 1
             scanner.skip_element()
             continue
         after_name = scanner.pos
