@@ -30,7 +30,11 @@ from bastion.oauth.rfc6750 import (
             [
                 Challenge(
                     "Bearer",
-                    (("realm", "example"), ("error", "invalid_token"), ("error_description", "The access token expired")),
+                    (
+                        ("realm", "example"),
+                        ("error", "invalid_token"),
+                        ("error_description", "The access token expired"),
+                    ),
                 )
             ],
             id="rfc6750-3-expired-token",
