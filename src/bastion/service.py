@@ -212,9 +212,7 @@ class Bastion:
         async with self.store.lock(name):
             record = await self.store.get(name)
             if record is None:
-                raise UnknownServerError(
-                    f"{name} has no OAuth provider", hint="`bastion oauth ls` lists the providers"
-                )
+                raise UnknownServerError(f"{name} has no OAuth provider", hint="`bastion oauth ls` lists the providers")
             problems = await revoke(self.http, record)
             await self.store.put(
                 record.model_copy(update={"tokens": None, "needs_authorization": False, "requested_scopes": []})

@@ -1,9 +1,9 @@
 """`config.yaml`: settings and feature flags.
 
-    features: {oauth-dcr: true}
-    store: {backend: file | keyring | redis, url: redis://127.0.0.1:6379/0}
-    oauth: {callback_port: 5175, callback_timeout: 300, client_id_metadata_document: https://...}
-    gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60}
+features: {oauth-dcr: true}
+store: {backend: file | keyring | redis, url: redis://127.0.0.1:6379/0}
+oauth: {callback_port: 5175, callback_timeout: 300, client_id_metadata_document: https://...}
+gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60}
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def load_settings(home: Path) -> Settings:
         if env_store.startswith(("redis://", "rediss://", "unix://")):
             settings = settings.model_copy(update={"store": StoreSettings(backend="redis", url=env_store)})
         elif env_store in ("file", "keyring"):
-            settings = settings.model_copy(update={"store": StoreSettings(backend=env_store)})  # type: ignore[arg-type]
+            settings = settings.model_copy(update={"store": StoreSettings(backend=env_store)})
         else:
             raise ConfigError(f"BASTION_STORE={env_store!r}: expected file, keyring or a redis:// URL")
     return settings

@@ -71,7 +71,9 @@ def _where(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}"
 
 
-async def probe(http: httpx2.AsyncClient, server_url: str, *, transport: str = "streamable-http") -> list[rfc6750.Challenge]:
+async def probe(
+    http: httpx2.AsyncClient, server_url: str, *, transport: str = "streamable-http"
+) -> list[rfc6750.Challenge]:
     """Step 1: an unauthenticated request; the challenges of a 401/403, else []."""
     try:
         if transport == "sse":
@@ -104,9 +106,13 @@ async def probe(http: httpx2.AsyncClient, server_url: str, *, transport: str = "
 
 async def _get_json(http: httpx2.AsyncClient, url: str) -> tuple[int, bytes]:
     try:
-        response = await http.get(url, headers={"Accept": "application/json", "MCP-Protocol-Version": MCP_PROTOCOL_VERSION})
+        response = await http.get(
+            url, headers={"Accept": "application/json", "MCP-Protocol-Version": MCP_PROTOCOL_VERSION}
+        )
     except httpx2.TransportError as exc:
-        raise DiscoveryError(f"cannot fetch {_where(url)}: {type(exc).__name__}", hint="is the server reachable?") from None
+        raise DiscoveryError(
+            f"cannot fetch {_where(url)}: {type(exc).__name__}", hint="is the server reachable?"
+        ) from None
     return response.status_code, response.content
 
 
@@ -243,6 +249,12 @@ def select_scopes(
         if scope not in chosen:
             chosen.append(scope)
     supported = discovery.metadata.scopes_supported or []
-    if override is None and chosen and wants_refresh and "offline_access" in supported and "offline_access" not in chosen:
+    if (
+        override is None
+        and chosen
+        and wants_refresh
+        and "offline_access" in supported
+        and "offline_access" not in chosen
+    ):
         chosen.append("offline_access")
     return chosen

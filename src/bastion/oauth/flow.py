@@ -156,7 +156,9 @@ def check_callback(pending: PendingAuthorization, params: Mapping[str, str]) -> 
 
 async def exchange_code(http: httpx2.AsyncClient, pending: PendingAuthorization, code: str) -> TokenSet:
     metadata = pending.discovery.metadata
-    form = rfc6749.authorization_code_form(code, pending.redirect_uri, pending.pkce.verifier, pending.discovery.resource)
+    form = rfc6749.authorization_code_form(
+        code, pending.redirect_uri, pending.pkce.verifier, pending.discovery.resource
+    )
     auth_form, headers = rfc6749.client_authentication(pending.client)
     try:
         response = await http.post(

@@ -111,7 +111,9 @@ async def ensure_client(
             hint=f"run `bastion oauth client set {server_name} --client-id ID --issuer {discovery.issuer}`",
         )
     if client_id_metadata_document and discovery.metadata.client_id_metadata_document_supported:
-        return client_id_metadata_client(client_id_metadata_document, issuer=discovery.issuer, redirect_uri=redirect_uri)
+        return client_id_metadata_client(
+            client_id_metadata_document, issuer=discovery.issuer, redirect_uri=redirect_uri
+        )
     if not dcr_enabled:
         raise RegistrationError(
             f"{server_name} has no pre-registered OAuth client and dynamic registration (oauth-dcr) is off",

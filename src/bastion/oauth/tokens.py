@@ -191,7 +191,9 @@ class TokenManager:
                     )
                 )
                 self._cache.pop(server, None)
-                logger.warning("%s needs authorization: refresh rejected (invalid_grant); %s", server, _authorize_hint(server))
+                logger.warning(
+                    "%s needs authorization: refresh rejected (invalid_grant); %s", server, _authorize_hint(server)
+                )
                 return None
             written = await self._store.compare_and_set(
                 record.model_copy(update={"tokens": new_tokens, "last_error": None}), record.revision

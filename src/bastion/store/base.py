@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+import builtins
 from typing import Protocol, runtime_checkable
 
 from bastion.store.models import ProviderRecord, StoreEvent
@@ -68,7 +69,7 @@ class Store(Protocol):
 
     async def delete_secret(self, name: str) -> bool: ...
 
-    async def list_secrets(self) -> list[str]:
+    async def list_secrets(self) -> builtins.list[str]:
         """Names only, never values."""
         ...
 
