@@ -11,10 +11,10 @@ revision you read. Two refreshers therefore never both spend the same refresh to
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-import builtins
 from typing import Protocol, runtime_checkable
 
 from bastion.store.models import ProviderRecord, StoreEvent
