@@ -169,7 +169,7 @@ _TCHARS = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
 _tokens = st.text(alphabet=_TCHARS, min_size=1, max_size=12)
 _names = st.text(alphabet=string.ascii_lowercase + string.digits + "!#$%&'*+-.^_`|~", min_size=1, max_size=12)
 _values = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=[chr(0x7F)]).filter(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters=[chr(0x7F)]).filter(
         lambda c: c == "\t" or ord(c) >= 0x20
     ),
     max_size=30,
