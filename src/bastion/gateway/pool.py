@@ -1,0 +1,242 @@
+"""Aggregation and routing over the upstreams that are ready.
+
+`Routes` is an immutable snapshot rebuilt whenever an upstream's state or listing changes:
+plain dicts from an exposed name (or resource URI) to `(server, original name)`, plus the
+aggregated list results already in wire form. Request handlers read `pool.routes` once and
+do one dict lookup; nothing here touches a session, so a leaner forwarding path can replace
+the generic one without changing discovery or naming.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import mcp_types as types
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
+from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, SERVER_INFO_META_KEY
+
+from bastion.gateway.naming import exposed_name
+from bastion.gateway.upstream import Upstream, UpstreamState
+
+logger = logging.getLogger(__name__)
+
+
+class Route(NamedTuple):
+    server: str
+    name: str
+    """The upstream's own name (tool or prompt name, resource URI, or template)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Which aggregated lists differ between two snapshots."""
+
+    tools: bool = False
+    prompts: bool = False
+    resources: bool = False
+
+    def __bool__(self) -> bool:
+        return self.tools or self.prompts or self.resources
+
+
+def _dump(model: types.Tool | types.Prompt | types.Resource | types.ResourceTemplate) -> dict[str, Any]:
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Routes:
+    """One consistent view of everything the gateway serves."""
+
+    tools: dict[str, Route] = field(default_factory=dict)
+    prompts: dict[str, Route] = field(default_factory=dict)
+    resources: dict[str, Route] = field(default_factory=dict)
+    templates: tuple[tuple[UriTemplate, Route], ...] = ()
+    tools_wire: tuple[dict[str, Any], ...] = ()
+    prompts_wire: tuple[dict[str, Any], ...] = ()
+    resources_wire: tuple[dict[str, Any], ...] = ()
+    templates_wire: tuple[dict[str, Any], ...] = ()
+    collisions: tuple[str, ...] = ()
+
+    def resource_route(self, uri: str) -> Route | None:
+        route = self.resources.get(uri)
+        if route is not None:
+            return route
+        for template, candidate in self.templates:
+            if template.match(uri) is not None:
+                return candidate
+        return None
+
+    def template_route(self, uri_template: str) -> Route | None:
+        for _, candidate in self.templates:
+            if candidate.name == uri_template:
+                return candidate
+        return None
+
+    def diff(self, other: Routes) -> Changes:
+        return Changes(
+            tools=self.tools_wire != other.tools_wire,
+            prompts=self.prompts_wire != other.prompts_wire,
+            resources=self.resources_wire != other.resources_wire or self.templates_wire != other.templates_wire,
+        )
+
+
+def build_routes(upstreams: Iterable[Upstream]) -> Routes:
+    """Aggregate the listings of the ready upstreams, in server-name order.
+
+    Exposed tool and prompt names cannot collide by construction (see naming.py); resource URIs
+    are not renamed, so two servers may claim one: the first server (by name) serves it and the
+    clash is logged and reported in `collisions`, never shadowed silently.
+    """
+    tools: dict[str, Route] = {}
+    prompts: dict[str, Route] = {}
+    resources: dict[str, Route] = {}
+    templates: list[tuple[UriTemplate, Route]] = []
+    tools_wire: list[dict[str, Any]] = []
+    prompts_wire: list[dict[str, Any]] = []
+    resources_wire: list[dict[str, Any]] = []
+    templates_wire: list[dict[str, Any]] = []
+    collisions: list[str] = []
+
+    def clash(kind: str, name: str, first: str, second: str) -> None:
+        message = f"{kind} {name!r} of server {second!r} is hidden: server {first!r} already serves it"
+        logger.warning("%s", message)
+        collisions.append(message)
+
+    for upstream in sorted(upstreams, key=lambda u: u.name):
+        if upstream.state is not UpstreamState.READY:
+            continue
+        server, listing = upstream.name, upstream.listing
+        for tool in listing.tools:
+            exposed = exposed_name(server, tool.name)
+            if (existing := tools.get(exposed)) is not None:
+                clash("tool", exposed, existing.server, server)
+                continue
+            tools[exposed] = Route(server, tool.name)
+            tools_wire.append({**_dump(tool), "name": exposed})
+        for prompt in listing.prompts:
+            exposed = exposed_name(server, prompt.name)
+            if (existing := prompts.get(exposed)) is not None:
+                clash("prompt", exposed, existing.server, server)
+                continue
+            prompts[exposed] = Route(server, prompt.name)
+            prompts_wire.append({**_dump(prompt), "name": exposed})
+        for resource in listing.resources:
+            uri = str(resource.uri)
+            if (existing := resources.get(uri)) is not None:
+                clash("resource", uri, existing.server, server)
+                continue
+            resources[uri] = Route(server, uri)
+            resources_wire.append(_dump(resource))
+        for resource_template in listing.resource_templates:
+            raw = resource_template.uri_template
+            if any(route.name == raw for _, route in templates):
+                first = next(route.server for _, route in templates if route.name == raw)
+                clash("resource template", raw, first, server)
+                continue
+            try:
+                parsed = UriTemplate.parse(raw)
+            except InvalidUriTemplate:
+                logger.warning("server %r: resource template %r is invalid; skipped", server, raw)
+                continue
+            templates.append((parsed, Route(server, raw)))
+            templates_wire.append(_dump(resource_template))
+
+    return Routes(
+        tools=tools,
+        prompts=prompts,
+        resources=resources,
+        templates=tuple(templates),
+        tools_wire=tuple(tools_wire),
+        prompts_wire=tuple(prompts_wire),
+        resources_wire=tuple(resources_wire),
+        templates_wire=tuple(templates_wire),
+        collisions=tuple(collisions),
+    )
+
+
+class Pool:
+    """The upstreams by name, and the current routing snapshot."""
+
+    def __init__(self, on_routes_changed: Callable[[Changes], None]) -> None:
+        self.upstreams: dict[str, Upstream] = {}
+        self.routes = Routes()
+        self._on_routes_changed = on_routes_changed
+
+    def rebuild(self) -> None:
+        """Recompute the snapshot; report which lists changed. Cheap enough to run on every state change."""
+        new = build_routes(self.upstreams.values())
+        changes = new.diff(self.routes)
+        self.routes = new
+        if changes:
+            self._on_routes_changed(changes)
+
+    # -- forwarding: one snapshot read, one dict lookup, one request on a held session ----------
+
+    def _upstream(self, route: Route) -> Upstream:
+        upstream = self.upstreams.get(route.server)
+        if upstream is None:
+            raise MCPError(code=INTERNAL_ERROR, message=f"server {route.server!r} is no longer enabled")
+        return upstream
+
+    def upstream_for_tool(self, name: str) -> tuple[Upstream, str]:
+        route = self.routes.tools.get(name)
+        if route is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown tool {name!r}")
+        return self._upstream(route), route.name
+
+    async def call_tool(
+        self, params: types.CallToolRequestParams, progress: ProgressFnT | None = None
+    ) -> dict[str, Any]:
+        upstream, original = self.upstream_for_tool(params.name)
+        request = types.CallToolRequest(params=params.model_copy(update={"name": original, "meta": None}))
+        return _own_result(await upstream.send(request, progress=progress))
+
+    async def get_prompt(
+        self, params: types.GetPromptRequestParams, progress: ProgressFnT | None = None
+    ) -> dict[str, Any]:
+        route = self.routes.prompts.get(params.name)
+        if route is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {params.name!r}")
+        request = types.GetPromptRequest(params=params.model_copy(update={"name": route.name, "meta": None}))
+        return _own_result(await self._upstream(route).send(request, progress=progress))
+
+    async def read_resource(
+        self, params: types.ReadResourceRequestParams, progress: ProgressFnT | None = None
+    ) -> dict[str, Any]:
+        route = self.routes.resource_route(params.uri)
+        if route is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown resource {params.uri!r}")
+        request = types.ReadResourceRequest(params=params.model_copy(update={"meta": None}))
+        return _own_result(await self._upstream(route).send(request, progress=progress))
+
+    async def complete(self, params: types.CompleteRequestParams) -> dict[str, Any]:
+        ref = params.ref
+        if isinstance(ref, types.PromptReference):
+            route = self.routes.prompts.get(ref.name)
+            new_ref: types.PromptReference | types.ResourceTemplateReference | None = (
+                None if route is None else ref.model_copy(update={"name": route.name})
+            )
+        else:
+            route = self.routes.template_route(ref.uri) or self.routes.resources.get(ref.uri)
+            new_ref = ref
+        if route is None or new_ref is None:
+            raise MCPError(code=INVALID_PARAMS, message="unknown completion reference")
+        request = types.CompleteRequest(params=params.model_copy(update={"ref": new_ref, "meta": None}))
+        return _own_result(await self._upstream(route).send(request))
+
+
+def _own_result(result: dict[str, Any]) -> dict[str, Any]:
+    """Drop the upstream's identity stamp so the downstream sees the gateway's own."""
+    meta = result.get("_meta")
+    if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
+        rest = {key: value for key, value in meta.items() if key != SERVER_INFO_META_KEY}
+        if rest:
+            result["_meta"] = rest
+        else:
+            del result["_meta"]
+    return result

@@ -1,0 +1,340 @@
+"""The gateway as a library: `Gateway` (upstreams + routing + downstream server) and `run_gateway`.
+
+    async with Gateway(entries, settings, token_provider, secret_lookup) as gateway:
+        print(await gateway.list_tools())
+        result = await gateway.call_tool("github__search", {"q": "bastion"})
+
+    await run_gateway(Gateway(...), "streamable-http", "127.0.0.1", 8811)   # until SIGTERM
+
+`add`, `remove`, `reconnect` and `apply` may be called from other tasks while traffic flows:
+they are serialized among themselves, and request handlers only ever read the immutable
+routing snapshot, so a request sees the old or the new set of upstreams, never half of one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import anyio
+import anyio.abc
+import mcp_types as types
+import uvicorn
+from mcp.server.stdio import stdio_server
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
+
+from bastion.config.catalog import CatalogEntry
+from bastion.config.settings import GatewaySettings
+from bastion.errors import GatewayError, NeedsAuthorizationError, UpstreamError
+from bastion.gateway.pool import Pool
+from bastion.gateway.security import GatewaySecurityMiddleware, gateway_token
+from bastion.gateway.server import ChangeNotifier, GatewayServer, build_server, http_app
+from bastion.gateway.upstream import SecretLookup, Upstream, UpstreamHandle, UpstreamState, UpstreamStatus
+from bastion.oauth.api import TokenProvider
+
+logger = logging.getLogger(__name__)
+
+Transport = Literal["stdio", "streamable-http", "sse"]
+
+
+async def _no_secrets(name: str) -> str | None:
+    return None
+
+
+class Gateway:
+    """Runs the enabled upstreams and serves them as one MCP server."""
+
+    def __init__(
+        self,
+        entries: Iterable[CatalogEntry],
+        settings: GatewaySettings,
+        token_provider: TokenProvider | None = None,
+        secret_lookup: SecretLookup | None = None,
+    ) -> None:
+        self.settings = settings
+        self._initial = list(entries)
+        self._token_provider = token_provider
+        self._secret_lookup = secret_lookup or _no_secrets
+        self.notifier = ChangeNotifier()
+        self.pool = Pool(self.notifier.publish)
+        self.server: GatewayServer = build_server(self.pool, self.notifier)
+        self._handles: dict[str, UpstreamHandle] = {}
+        self._lock = anyio.Lock()
+        self._settled: dict[str, anyio.Event] = {}
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._tg is not None
+
+    async def start(self, *, wait: bool = True) -> None:
+        """Start every upstream concurrently. With `wait`, return once each has finished its first
+        attempt (ready, needs-authorization, failed or backing off), at most `connect_timeout` later."""
+        if self._tg is not None:
+            raise RuntimeError("the gateway is already started")
+        stack = AsyncExitStack()
+        self._tg = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
+        self._tg.start_soon(self.notifier.run)
+        for entry in self._initial:
+            self._start_upstream(entry)
+        if wait:
+            await self.wait_settled()
+
+    async def wait_settled(self, timeout: float | None = None) -> None:
+        """Wait until every upstream has finished its current first connection attempt."""
+        limit = self.settings.connect_timeout + 1.0 if timeout is None else timeout
+        with anyio.move_on_after(limit):
+            for event in list(self._settled.values()):
+                await event.wait()
+
+    async def aclose(self) -> None:
+        """Stop every upstream (stdio children are terminated with their process groups)."""
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        self.notifier.close()
+        try:
+            await stack.aclose()
+        finally:
+            self._tg = None
+            self._handles.clear()
+            self.pool.upstreams.clear()
+            self.pool.rebuild()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    # -- upstream management (safe alongside traffic) ----------------------------------------------
+
+    def _start_upstream(self, entry: CatalogEntry) -> None:
+        assert self._tg is not None
+        settled = anyio.Event()
+        self._settled[entry.name] = settled
+
+        def on_change(upstream: Upstream) -> None:
+            if upstream.state is not UpstreamState.CONNECTING:
+                settled.set()
+            if self.pool.upstreams.get(upstream.name) is upstream:
+                self.pool.rebuild()
+
+        upstream = Upstream(
+            entry,
+            self.settings,
+            token_provider=self._token_provider,
+            secret_lookup=self._secret_lookup,
+            on_change=on_change,
+        )
+        handle = UpstreamHandle(upstream)
+        self._handles[entry.name] = handle
+        self.pool.upstreams[entry.name] = upstream
+        self._tg.start_soon(self._supervise, handle)
+
+    async def _supervise(self, handle: UpstreamHandle) -> None:
+        try:
+            with handle.scope:
+                await handle.upstream.run()
+        except Exception:  # task boundary: a supervisor bug must not take the other upstreams down
+            logger.exception("supervisor of upstream %r crashed", handle.upstream.name)
+        finally:
+            handle.done.set()
+
+    async def _stop_upstream(self, name: str) -> bool:
+        handle = self._handles.pop(name, None)
+        if handle is None:
+            return False
+        self.pool.upstreams.pop(name, None)
+        self._settled.pop(name, None)
+        self.pool.rebuild()
+        handle.scope.cancel()
+        with anyio.CancelScope(shield=True):
+            await handle.done.wait()
+        return True
+
+    def _require_started(self) -> None:
+        if self._tg is None:
+            raise GatewayError("the gateway is not started")
+
+    async def add(self, entry: CatalogEntry) -> None:
+        """Start serving `entry` (replacing a running upstream of the same name)."""
+        self._require_started()
+        async with self._lock:
+            await self._stop_upstream(entry.name)
+            self._start_upstream(entry)
+
+    async def remove(self, server: str) -> bool:
+        """Stop serving `server`; False if it was not running."""
+        self._require_started()
+        async with self._lock:
+            return await self._stop_upstream(server)
+
+    async def reconnect(self, server: str) -> None:
+        """Reconnect `server` now (e.g. after its token changed): new session, fresh listing."""
+        handle = self._handles.get(server)
+        if handle is None:
+            raise UpstreamError(f"server {server!r} is not running in this gateway")
+        handle.upstream.reconnect()
+
+    async def apply(self, entries: Iterable[CatalogEntry]) -> None:
+        """Make the running set equal `entries`: add new servers, remove gone ones, restart changed ones."""
+        self._require_started()
+        wanted = {entry.name: entry for entry in entries}
+        async with self._lock:
+            for name in [name for name in self._handles if name not in wanted]:
+                await self._stop_upstream(name)
+            for name, entry in wanted.items():
+                handle = self._handles.get(name)
+                if handle is not None and handle.upstream.entry == entry:
+                    continue
+                await self._stop_upstream(name)
+                self._start_upstream(entry)
+
+    def status(self) -> list[UpstreamStatus]:
+        return [self._handles[name].upstream.status() for name in sorted(self._handles)]
+
+    # -- in-process use (`bastion tools ls/call`) ---------------------------------------------------
+
+    async def list_tools(self) -> list[types.Tool]:
+        return [types.Tool.model_validate(tool) for tool in self.pool.routes.tools_wire]
+
+    async def call_tool(self, name: str, arguments: dict[str, Any] | None = None) -> types.CallToolResult:
+        """Call an exposed tool. Raises `NeedsAuthorizationError` / `UpstreamError` with what to do."""
+        params = types.CallToolRequestParams(name=name, arguments=arguments)
+        try:
+            raw = await self.pool.call_tool(params)
+        except MCPError as exc:
+            raise self._as_bastion_error(name, exc) from None
+        return types.CallToolResult.model_validate(raw)
+
+    def _as_bastion_error(self, tool: str, exc: MCPError) -> UpstreamError | NeedsAuthorizationError:
+        if exc.code == INVALID_PARAMS and exc.error.message.startswith("unknown tool"):
+            return UpstreamError(exc.error.message, hint="`bastion tools ls` lists the tools")
+        route = self.pool.routes.tools.get(tool)
+        upstream = self.pool.upstreams.get(route.server) if route is not None else None
+        if upstream is not None and upstream.state is UpstreamState.NEEDS_AUTHORIZATION:
+            return NeedsAuthorizationError(exc.error.message)
+        return UpstreamError(exc.error.message)
+
+
+# -- serving ----------------------------------------------------------------------------------------
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: `run_gateway` owns SIGTERM/SIGINT so that the
+    upstream children are stopped before the process exits."""
+
+    def capture_signals(self) -> Any:
+        return _NullContext()
+
+
+class _NullContext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind the HTTP listener now, so a busy port is a clear error rather than uvicorn exiting."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def _serve_http(gateway: Gateway, transport: Transport, sock: socket.socket, stop: anyio.Event) -> None:
+    host, port = sock.getsockname()[:2]
+    app = GatewaySecurityMiddleware(
+        http_app(gateway.server, gateway.pool), token=gateway_token(host), listen_host=host, listen_port=port
+    )
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    server = _Uvicorn(config)
+    endpoint = "/sse" if transport == "sse" else "/mcp"
+    print(f"bastion: gateway listening on http://{host}:{port}{endpoint}", file=sys.stderr, flush=True)
+    async with anyio.create_task_group() as tg:
+
+        async def serve() -> None:
+            # Shielded: uvicorn is stopped by `should_exit`, so it can close its connections cleanly.
+            with anyio.CancelScope(shield=True):
+                await server.serve(sockets=[sock])
+
+        tg.start_soon(serve)
+        try:
+            await stop.wait()
+        finally:
+            server.should_exit = True
+
+
+async def run_gateway(gateway: Gateway, transport: Transport, host: str = "127.0.0.1", port: int = 8811) -> None:
+    """Serve `gateway` on `transport` until cancelled, SIGTERM/SIGINT, or (stdio) end of input.
+
+    Starts the gateway if it is not started yet, and then always stops it on the way out, so
+    no upstream child process outlives this call.
+    """
+    sock = bind_listener(host, port) if transport != "stdio" else None
+    try:
+        if gateway.started:
+            await _serve(gateway, transport, sock)
+        else:
+            await gateway.start(wait=False)
+            try:
+                await _serve(gateway, transport, sock)
+            finally:
+                await gateway.aclose()
+    finally:
+        if sock is not None:
+            sock.close()
+
+
+async def _serve(gateway: Gateway, transport: Transport, sock: socket.socket | None) -> None:
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    logger.info("received %s; stopping", signal.Signals(signum).name)
+                    stop.set()
+                    return
+
+        tg.start_soon(watch_signals)
+        if sock is None:
+            tg.start_soon(_serve_stdio, gateway, stop)
+        else:
+            tg.start_soon(_serve_http, gateway, transport, sock, stop)
+        await stop.wait()
+        tg.cancel_scope.cancel()
+
+
+async def _serve_stdio(gateway: Gateway, stop: anyio.Event) -> None:
+    try:
+        async with stdio_server() as (read_stream, write_stream):
+            await gateway.server.run(read_stream, write_stream, gateway.server.create_initialization_options())
+    finally:
+        stop.set()

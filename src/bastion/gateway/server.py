@@ -1,0 +1,244 @@
+"""The downstream side: one low-level MCP `Server` over the pool, and its transports.
+
+Handlers forward over the upstream's long-lived session (no new session, no re-listing, no
+store read per call) and hand back the upstream's result dict as is.
+
+List changes reach downstream clients two ways, one per protocol era:
+
+- 2025 handshake sessions (stdio, streamable HTTP with a session id, legacy SSE): the
+  `notifications/initialized` handler of each session stays running for the session's life
+  (it runs in the connection's own task group, so it ends with the connection) and sends
+  `notifications/{tools,prompts,resources}/list_changed` on the session's standalone channel.
+- 2026-07-28 clients: change notifications travel only on `subscriptions/listen` streams; the
+  SDK's `ListenHandler` serves them from an `InMemorySubscriptionBus` the notifier publishes to.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import anyio
+import anyio.abc
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.subscriptions import (
+    InMemorySubscriptionBus,
+    ListenHandler,
+    PromptsListChanged,
+    ResourcesListChanged,
+    ServerEvent,
+    ToolsListChanged,
+)
+from mcp.shared.dispatcher import ProgressFnT
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
+
+from bastion.gateway.pool import Changes, Pool
+from bastion.gateway.upstream import UpstreamState
+
+logger = logging.getLogger(__name__)
+
+SERVER_NAME = "bastion"
+_ALL_CHANGES = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
+_SESSION_BACKLOG = 16
+
+
+class ChangeNotifier:
+    """Fans `Changes` out to every connected downstream client, whatever its protocol era."""
+
+    def __init__(self) -> None:
+        self.bus = InMemorySubscriptionBus()
+        self._sessions: dict[object, MemoryObjectSendStream[Changes]] = {}
+        self._send, self._receive = anyio.create_memory_object_stream[Changes](256)
+
+    def publish(self, changes: Changes) -> None:
+        """Queue `changes` for delivery. Synchronous and non-blocking (called from state changes)."""
+        try:
+            self._send.send_nowait(changes)
+        except anyio.WouldBlock:
+            logger.warning("change notifications are backing up; dropped one")
+        except anyio.ClosedResourceError:
+            pass
+
+    async def run(self) -> None:
+        """Deliver queued changes until cancelled (runs in the gateway's task group)."""
+        async with self._receive:
+            async for changes in self._receive:
+                for stream in list(self._sessions.values()):
+                    try:
+                        stream.send_nowait(changes)
+                    except anyio.WouldBlock:
+                        pass  # that session already has notifications queued; they are level triggers
+                    except anyio.ClosedResourceError:
+                        pass
+                events: list[ServerEvent] = []
+                if changes.tools:
+                    events.append(ToolsListChanged())
+                if changes.prompts:
+                    events.append(PromptsListChanged())
+                if changes.resources:
+                    events.append(ResourcesListChanged())
+                for event in events:
+                    await self.bus.publish(event)
+
+    def close(self) -> None:
+        self._send.close()
+
+    @property
+    def legacy_sessions(self) -> int:
+        return len(self._sessions)
+
+    async def serve_session(self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams) -> None:
+        """The `notifications/initialized` handler: push list changes to this session while it lives."""
+        send, receive = anyio.create_memory_object_stream[Changes](_SESSION_BACKLOG)
+        key = object()
+        self._sessions[key] = send
+        try:
+            await _push_changes(ctx, receive)
+        finally:
+            self._sessions.pop(key, None)
+            send.close()
+            receive.close()
+
+
+async def _push_changes(ctx: ServerRequestContext[Any, Any], receive: MemoryObjectReceiveStream[Changes]) -> None:
+    session = ctx.session
+    async for changes in receive:
+        try:
+            if changes.tools:
+                await session.send_tool_list_changed()
+            if changes.prompts:
+                await session.send_prompt_list_changed()
+            if changes.resources:
+                await session.send_resource_list_changed()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
+
+
+class GatewayServer(Server[Any]):
+    """The low-level `Server`, advertising `listChanged` on every transport's handshake."""
+
+    def create_initialization_options(
+        self,
+        notification_options: NotificationOptions | None = None,
+        experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+        extensions: dict[str, dict[str, Any]] | None = None,
+    ) -> InitializationOptions:
+        return super().create_initialization_options(
+            notification_options or _ALL_CHANGES, experimental_capabilities, extensions
+        )
+
+
+def _progress(ctx: ServerRequestContext[Any, Any]) -> ProgressFnT | None:
+    """Relay upstream progress only when the downstream asked for it."""
+    meta = ctx.meta
+    if meta is None or meta.get("progressToken", meta.get("progress_token")) is None:
+        return None
+    return ctx.session.report_progress
+
+
+def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
+    """The downstream MCP server: every handler reads `pool.routes` and forwards."""
+
+    async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
+        return {"tools": list(pool.routes.tools_wire)}
+
+    async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
+        return await pool.call_tool(params, _progress(ctx))
+
+    async def list_prompts(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
+        return {"prompts": list(pool.routes.prompts_wire)}
+
+    async def get_prompt(ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> dict[str, Any]:
+        return await pool.get_prompt(params, _progress(ctx))
+
+    async def list_resources(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
+    ) -> dict[str, Any]:
+        return {"resources": list(pool.routes.resources_wire)}
+
+    async def list_resource_templates(
+        ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
+    ) -> dict[str, Any]:
+        return {"resourceTemplates": list(pool.routes.templates_wire)}
+
+    async def read_resource(
+        ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
+    ) -> dict[str, Any]:
+        return await pool.read_resource(params, _progress(ctx))
+
+    async def complete(ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> dict[str, Any]:
+        return await pool.complete(params)
+
+    server = GatewayServer(
+        SERVER_NAME,
+        version="0.1.0",
+        instructions="Bastion gateway: tools are named <server>__<tool>.",
+        on_subscriptions_listen=ListenHandler(notifier.bus),
+    )
+    # Per-message OpenTelemetry spans cost CPU on the hot path and nothing is exported here.
+    server.middleware = []
+    server.add_request_handler("tools/list", types.PaginatedRequestParams, list_tools)
+    server.add_request_handler("tools/call", types.CallToolRequestParams, call_tool)
+    server.add_request_handler("prompts/list", types.PaginatedRequestParams, list_prompts)
+    server.add_request_handler("prompts/get", types.GetPromptRequestParams, get_prompt)
+    server.add_request_handler("resources/list", types.PaginatedRequestParams, list_resources)
+    server.add_request_handler("resources/templates/list", types.PaginatedRequestParams, list_resource_templates)
+    server.add_request_handler("resources/read", types.ReadResourceRequestParams, read_resource)
+    server.add_request_handler("completion/complete", types.CompleteRequestParams, complete)
+    server.add_notification_handler("notifications/initialized", types.NotificationParams, notifier.serve_session)
+    return server
+
+
+def health_payload(pool: Pool) -> dict[str, Any]:
+    statuses = [pool.upstreams[name].status() for name in sorted(pool.upstreams)]
+    ready = sum(1 for status in statuses if status.state is UpstreamState.READY)
+    return {
+        "status": "ok",
+        "upstreams_ready": ready,
+        "upstreams_total": len(statuses),
+        "tools": len(pool.routes.tools),
+        "collisions": list(pool.routes.collisions),
+        "upstreams": [status.to_json() for status in statuses],
+    }
+
+
+class _SseEndpoint:
+    """GET /sse: one legacy SSE connection served by the MCP server until the client leaves."""
+
+    def __init__(self, server: GatewayServer, transport: SseServerTransport) -> None:
+        self._server = server
+        self._transport = transport
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self._transport.connect_sse(scope, receive, send) as (read_stream, write_stream):
+            await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
+
+
+def http_app(server: GatewayServer, pool: Pool) -> Starlette:
+    """Streamable HTTP at /mcp, legacy SSE at /sse (+ /messages/), and GET /health.
+
+    Origin/Host/token checks are `GatewaySecurityMiddleware`'s job, wrapped around this app.
+    """
+    manager = StreamableHTTPSessionManager(app=server)
+    sse = SseServerTransport("/messages/")
+
+    async def health(request: Request) -> Response:
+        return JSONResponse(health_payload(pool))
+
+    routes = [
+        Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)),
+        Route("/sse", endpoint=_SseEndpoint(server, sse), methods=["GET"]),
+        Mount("/messages/", app=sse.handle_post_message),
+        Route("/health", endpoint=health, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lambda app: manager.run())

@@ -1,0 +1,568 @@
+"""One upstream MCP server: how to reach it, and the supervisor that keeps a session to it.
+
+`Upstream.run()` is the supervisor: it resolves secrets, opens the transport (a stdio
+subprocess from the catalog `command`, or streamable HTTP / SSE to `remote.url`), negotiates
+the protocol era with `mcp.Client` (`mode="auto"`), lists what the server offers, and then
+holds that one session open; every forwarded request rides it. When the session ends (the
+process exited, the HTTP transport broke) it reconnects with capped exponential backoff; a
+stdio server that keeps dying is given up after `restart_max` attempts and reported `failed`.
+Each upstream owns its resources (exit stack, task group), so one that hangs or fails never
+holds up another.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Final, Self
+
+import anyio
+import httpx2
+import mcp_types as types
+from mcp import Client
+from mcp.client._transport import TransportStreams
+from mcp.client.session import ClientSession, IncomingMessage
+from mcp.client.sse import sse_client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._stream_protocols import ReadStream
+from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.exceptions import MCPError
+from mcp.shared.message import SessionMessage
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import TypeAdapter
+
+from bastion.config.catalog import CatalogEntry
+from bastion.config.settings import GatewaySettings
+from bastion.errors import NeedsAuthorizationError, UpstreamError
+from bastion.gateway.auth import UpstreamBearerAuth
+from bastion.oauth.api import TokenProvider
+
+logger = logging.getLogger(__name__)
+
+SecretLookup = Callable[[str], Awaitable[str | None]]
+"""Reads a user secret by name (the store's `get_secret`); None when it is not set."""
+
+CLIENT_INFO: Final = types.Implementation(name="bastion", version="0.1.0")
+STABLE_AFTER: Final = 30.0
+"""A session that stayed ready this long resets the consecutive-failure count."""
+BACKOFF_INITIAL: Final = 0.5
+BACKOFF_MAX: Final = 30.0
+MAX_LIST_PAGES: Final = 100
+SSE_READ_TIMEOUT: Final = 300.0
+
+_RAW_RESULT: Final[Any] = TypeAdapter(dict[str, Any])
+"""Results are passed through as the wire dict, never rebuilt as models. (`send_request` is typed
+for models only, but accepts any `TypeAdapter`; hence `Any`.)"""
+
+_LIST_CHANGED: Final = (
+    types.ToolListChangedNotification,
+    types.PromptListChangedNotification,
+    types.ResourceListChangedNotification,
+)
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
+
+
+class UpstreamState(enum.StrEnum):
+    """Where one upstream's supervisor is."""
+
+    DISCONNECTED = "disconnected"
+    """Not connected: not started yet, or the session ended and the next attempt waits out its backoff."""
+    CONNECTING = "connecting"
+    """Opening the transport, negotiating the protocol and listing tools/prompts/resources."""
+    READY = "ready"
+    """The session is up and its listing is served; requests are forwarded over it."""
+    NEEDS_AUTHORIZATION = "needs-authorization"
+    """No usable token (none stored, refresh failed, or more scopes needed); waits for `reconnect()`."""
+    FAILED = "failed"
+    """Cannot run as configured (missing secret, bad command) or gave up after `restart_max` attempts;
+    waits for `reconnect()`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """What a ready upstream offers, as its own names (before the gateway renames them)."""
+
+    tools: tuple[types.Tool, ...] = ()
+    prompts: tuple[types.Prompt, ...] = ()
+    resources: tuple[types.Resource, ...] = ()
+    resource_templates: tuple[types.ResourceTemplate, ...] = ()
+
+
+EMPTY_LISTING: Final = Listing()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamStatus:
+    """A snapshot of one upstream for `status()` and `/health`. Holds no secret."""
+
+    name: str
+    state: UpstreamState
+    transport: str
+    tools: int
+    prompts: int
+    resources: int
+    resource_templates: int
+    last_error: str | None
+    restarts: int
+    protocol_version: str | None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "state": str(self.state),
+            "transport": self.transport,
+            "tools": self.tools,
+            "prompts": self.prompts,
+            "resources": self.resources,
+            "resource_templates": self.resource_templates,
+            "last_error": self.last_error,
+            "restarts": self.restarts,
+            "protocol_version": self.protocol_version,
+        }
+
+
+def transport_kind(entry: CatalogEntry) -> str:
+    if not entry.is_remote:
+        return "stdio"
+    assert entry.remote is not None
+    return "sse" if entry.remote.transport_type == "sse" else "streamable-http"
+
+
+def expand_variables(value: str, variables: Mapping[str, str], *, server: str, where: str) -> str:
+    """Replace each `${VAR}` by `variables[VAR]`, else the environment; a missing one is an error."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        found = variables.get(name, os.environ.get(name))
+        if found is None:
+            raise UpstreamError(
+                f"server {server!r}: {where} uses ${{{name}}}, which is not set",
+                hint=f"set the environment variable {name} or a secret for it (`bastion secret set NAME`)",
+            )
+        return found
+
+    return _VARIABLE.sub(substitute, value)
+
+
+async def resolve_secrets(entry: CatalogEntry, secret_lookup: SecretLookup) -> dict[str, str]:
+    """The entry's secrets as `{env var name: value}`: the store first, then the environment."""
+    values: dict[str, str] = {}
+    for spec in entry.secrets:
+        value = await secret_lookup(spec.name)
+        if value is None:
+            value = os.environ.get(spec.env)
+        if value is None:
+            raise UpstreamError(
+                f"server {entry.name!r} needs the secret {spec.name!r}",
+                hint=f"run `bastion secret set {spec.name}`",
+            )
+        values[spec.env] = value
+        values.setdefault(spec.name, value)
+    return values
+
+
+class _WatchedReadStream:
+    """A transport's read stream that sets `ended` once the transport stops delivering."""
+
+    def __init__(self, inner: ReadStream[SessionMessage | Exception], ended: anyio.Event) -> None:
+        self._inner = inner
+        self._ended = ended
+
+    @property
+    def last_context(self) -> object:
+        # The dispatcher reads the sender's contextvars snapshot off context-aware streams.
+        return getattr(self._inner, "last_context", None)
+
+    async def receive(self) -> SessionMessage | Exception:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self._ended.set()
+            raise
+
+    async def aclose(self) -> None:
+        self._ended.set()
+        await self._inner.aclose()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> SessionMessage | Exception:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+
+@asynccontextmanager
+async def _watched(
+    transport: AbstractAsyncContextManager[TransportStreams], ended: anyio.Event
+) -> AsyncIterator[TransportStreams]:
+    async with transport as (read_stream, write_stream):
+        yield _WatchedReadStream(read_stream, ended), write_stream
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a connect failure, without secrets (no URLs with queries, no headers)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, MCPError):
+        return exc.error.message
+    if isinstance(exc, httpx2.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from {exc.request.url.copy_with(query=None)}"
+    if isinstance(exc, httpx2.RequestError):
+        return f"{type(exc).__name__} for {exc.request.url.copy_with(query=None)}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Upstream:
+    """The supervisor of one upstream server and the session it holds."""
+
+    def __init__(
+        self,
+        entry: CatalogEntry,
+        settings: GatewaySettings,
+        *,
+        token_provider: TokenProvider | None,
+        secret_lookup: SecretLookup,
+        on_change: Callable[[Upstream], None],
+        mode: str = "auto",
+    ) -> None:
+        self.entry = entry
+        self.name = entry.name
+        self.settings = settings
+        self.transport = transport_kind(entry)
+        self.state = UpstreamState.DISCONNECTED
+        self.listing: Listing = EMPTY_LISTING
+        self.last_error: str | None = None
+        self.restarts = 0
+        self.protocol_version: str | None = None
+        self._token_provider = token_provider
+        self._secret_lookup = secret_lookup
+        self._on_change = on_change
+        self._mode = mode
+        self._session: ClientSession | None = None
+        self._stop = anyio.Event()
+        self._reconnect = anyio.Event()
+        self._relist = anyio.Event()
+        self._auth_problem: str | None = None
+        self._request_timeout = settings.request_timeout
+
+    # -- supervisor ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise the upstream until cancelled. Never raises for the upstream's own failures."""
+        failures = 0
+        while True:
+            self._stop = anyio.Event()
+            self._reconnect = anyio.Event()
+            self._auth_problem = None
+            ready_at: list[float] = []
+            error: str | None = None
+            try:
+                await self._serve_once(ready_at)
+            except NeedsAuthorizationError as exc:
+                self._auth_problem = str(exc)
+            except UpstreamError as exc:
+                # Configuration problems (missing secret, unset variable): retrying will not help.
+                self._park(UpstreamState.FAILED, str(exc))
+                await self._reconnect.wait()
+                failures = 0
+                continue
+            except Exception as exc:  # task boundary: whatever the transport raised, this upstream failed
+                error = describe_error(exc)
+                logger.info("upstream %r: connection failed: %s", self.name, error, exc_info=logger.isEnabledFor(10))
+            finally:
+                self._session = None
+            if self._auth_problem is not None:
+                self._park(
+                    UpstreamState.NEEDS_AUTHORIZATION,
+                    f"{self._auth_problem}; run `bastion oauth authorize {self.name}`",
+                )
+                await self._reconnect.wait()
+                failures = 0
+                continue
+            if self._reconnect.is_set():
+                failures = 0
+                continue
+            if ready_at and anyio.current_time() - ready_at[0] >= STABLE_AFTER:
+                failures = 0
+            failures += 1
+            self.restarts += 1
+            reason = error or ("the server process exited" if self.transport == "stdio" else "the connection ended")
+            if self.transport == "stdio" and failures > self.settings.restart_max:
+                self._park(
+                    UpstreamState.FAILED,
+                    f"{reason}; gave up after {failures} attempts in a row "
+                    f"(check the server's command and logs, then reconnect it)",
+                )
+                await self._reconnect.wait()
+                failures = 0
+                continue
+            delay = min(BACKOFF_INITIAL * 2 ** (failures - 1), BACKOFF_MAX)
+            self._park(UpstreamState.DISCONNECTED, f"{reason}; retrying in {delay:g}s")
+            with anyio.move_on_after(delay):
+                await self._reconnect.wait()
+
+    async def _serve_once(self, ready_at: list[float]) -> None:
+        """Connect, list, then hold the session until it ends or a reconnect is asked for."""
+        self._set_state(UpstreamState.CONNECTING)
+        connected = False
+        with anyio.CancelScope(deadline=anyio.current_time() + self.settings.connect_timeout) as scope:
+            async with AsyncExitStack() as stack:
+                transport = await self._open_transport(stack)
+                client = Client(
+                    _watched(transport, self._stop),
+                    mode=self._mode,
+                    read_timeout_seconds=self._request_timeout,
+                    message_handler=self._on_message,
+                    logging_callback=self._on_log,
+                    client_info=CLIENT_INFO,
+                    cache=None,
+                )
+                await stack.enter_async_context(client)
+                session = client.session
+                listing = await self._fetch_listing(session)
+                scope.deadline = math.inf
+                connected = True
+                self._session = session
+                self.protocol_version = session.protocol_version
+                self.listing = listing
+                self.last_error = None
+                ready_at.append(anyio.current_time())
+                self._set_state(UpstreamState.READY)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._relist_loop, session)
+                    if session.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                        tg.start_soon(self._listen_loop, client)
+                    await self._stop.wait()
+                    tg.cancel_scope.cancel()
+                self._session = None
+        if scope.cancelled_caught and not connected:
+            raise TimeoutError(f"no answer within {self.settings.connect_timeout:g}s")
+
+    async def _open_transport(self, stack: AsyncExitStack) -> AbstractAsyncContextManager[TransportStreams]:
+        entry = self.entry
+        secrets = await resolve_secrets(entry, self._secret_lookup)
+        if self.transport == "stdio":
+            env = {
+                spec.name: expand_variables(spec.value, secrets, server=self.name, where=f"env {spec.name}")
+                for spec in entry.env
+            }
+            env.update({spec.env: secrets[spec.env] for spec in entry.secrets})
+            params = StdioServerParameters(command=entry.command[0], args=list(entry.command[1:]), env=env)
+            return stdio_client(params, errlog=sys.stderr)
+        remote = entry.remote
+        assert remote is not None
+        headers = {
+            key: expand_variables(value, secrets, server=self.name, where=f"header {key}")
+            for key, value in remote.headers.items()
+        }
+        auth: httpx2.Auth | None = None
+        if entry.uses_oauth and self._token_provider is not None:
+            if await self._token_provider.fresh_token(self.name) is None:
+                raise NeedsAuthorizationError("no access token is stored")
+            auth = UpstreamBearerAuth(self.name, self._token_provider, self._needs_authorization)
+        timeout = httpx2.Timeout(self.settings.connect_timeout, read=max(SSE_READ_TIMEOUT, self._request_timeout))
+        if self.transport == "sse":
+            return sse_client(
+                remote.url,
+                headers=headers,
+                timeout=self.settings.connect_timeout,
+                sse_read_timeout=max(SSE_READ_TIMEOUT, self._request_timeout),
+                auth=auth,
+            )
+        # One client per session, reused by every request on it (no per-call client or SSL context).
+        http_client = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, auth=auth, timeout=timeout))
+        return streamable_http_client(remote.url, http_client=http_client)
+
+    async def _fetch_listing(self, session: ClientSession) -> Listing:
+        caps = session.server_capabilities or types.ServerCapabilities()
+        tools: list[types.Tool] = []
+        prompts: list[types.Prompt] = []
+        resources: list[types.Resource] = []
+        templates: list[types.ResourceTemplate] = []
+        if caps.tools is not None:
+            cursor: str | None = None
+            for _ in range(MAX_LIST_PAGES):
+                page = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
+                tools.extend(page.tools)
+                if (cursor := page.next_cursor) is None:
+                    break
+        if caps.prompts is not None:
+            cursor = None
+            for _ in range(MAX_LIST_PAGES):
+                prompt_page = await session.list_prompts(params=types.PaginatedRequestParams(cursor=cursor))
+                prompts.extend(prompt_page.prompts)
+                if (cursor := prompt_page.next_cursor) is None:
+                    break
+        if caps.resources is not None:
+            cursor = None
+            for _ in range(MAX_LIST_PAGES):
+                resource_page = await session.list_resources(params=types.PaginatedRequestParams(cursor=cursor))
+                resources.extend(resource_page.resources)
+                if (cursor := resource_page.next_cursor) is None:
+                    break
+            cursor = None
+            for _ in range(MAX_LIST_PAGES):
+                template_page = await session.list_resource_templates(
+                    params=types.PaginatedRequestParams(cursor=cursor)
+                )
+                templates.extend(template_page.resource_templates)
+                if (cursor := template_page.next_cursor) is None:
+                    break
+        return Listing(tuple(tools), tuple(prompts), tuple(resources), tuple(templates))
+
+    async def _relist_loop(self, session: ClientSession) -> None:
+        while True:
+            await self._relist.wait()
+            self._relist = anyio.Event()
+            try:
+                with anyio.fail_after(self._request_timeout):
+                    listing = await self._fetch_listing(session)
+            except (MCPError, TimeoutError) as exc:
+                logger.warning("upstream %r: re-listing after a change failed: %s", self.name, describe_error(exc))
+                continue
+            self.listing = listing
+            self._on_change(self)
+
+    async def _listen_loop(self, client: Client) -> None:
+        """2026-07-28 upstreams announce list changes only on a `subscriptions/listen` stream."""
+        caps = client.session.server_capabilities or types.ServerCapabilities()
+        wants_tools = bool(caps.tools and caps.tools.list_changed)
+        wants_prompts = bool(caps.prompts and caps.prompts.list_changed)
+        wants_resources = bool(caps.resources and caps.resources.list_changed)
+        if not (wants_tools or wants_prompts or wants_resources):
+            return
+        try:
+            async with client.listen(
+                tools_list_changed=wants_tools,
+                prompts_list_changed=wants_prompts,
+                resources_list_changed=wants_resources,
+            ) as subscription:
+                async for _event in subscription:
+                    self._relist.set()
+        except Exception as exc:  # task boundary: losing change events must not end the session
+            logger.info("upstream %r: change subscription ended: %s", self.name, describe_error(exc))
+
+    async def _on_message(self, message: IncomingMessage) -> None:
+        if isinstance(message, _LIST_CHANGED):
+            self._relist.set()
+        elif isinstance(message, Exception):
+            logger.debug("upstream %r: transport reported %s", self.name, describe_error(message))
+
+    async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        logger.debug("upstream %r [%s] %s", self.name, params.level, params.data)
+
+    def _needs_authorization(self, reason: str) -> None:
+        self._auth_problem = reason
+        self._stop.set()
+
+    def _set_state(self, state: UpstreamState) -> None:
+        self.state = state
+        self._on_change(self)
+
+    def _park(self, state: UpstreamState, error: str) -> None:
+        self.last_error = error
+        self.listing = EMPTY_LISTING
+        self.protocol_version = None
+        self._set_state(state)
+
+    # -- control (safe to call from any task) ---------------------------------------------------
+
+    def reconnect(self) -> None:
+        """Drop the session (if any) and connect again now, resetting the failure count."""
+        self._reconnect.set()
+        self._stop.set()
+
+    def status(self) -> UpstreamStatus:
+        listing = self.listing
+        return UpstreamStatus(
+            name=self.name,
+            state=self.state,
+            transport=self.transport,
+            tools=len(listing.tools),
+            prompts=len(listing.prompts),
+            resources=len(listing.resources),
+            resource_templates=len(listing.resource_templates),
+            last_error=self.last_error,
+            restarts=self.restarts,
+            protocol_version=self.protocol_version,
+        )
+
+    # -- forwarding (the hot path) --------------------------------------------------------------
+
+    def unavailable_message(self) -> str:
+        name = self.name
+        if self.state is UpstreamState.NEEDS_AUTHORIZATION:
+            return f"server {name!r} needs authorization: run `bastion oauth authorize {name}`"
+        if self.state is UpstreamState.FAILED:
+            return f"server {name!r} failed: {self.last_error}"
+        detail = f" (last error: {self.last_error})" if self.last_error else ""
+        return f"server {name!r} is {self.state.value}{detail}; try again shortly"
+
+    async def send(
+        self,
+        request: types.ClientRequest,
+        *,
+        progress: ProgressFnT | None = None,
+    ) -> dict[str, Any]:
+        """Forward `request` over the held session; the result is the upstream's wire dict.
+
+        Raises `MCPError` naming the server when it is unavailable, times out or goes away;
+        the upstream's own JSON-RPC errors pass through unchanged.
+        """
+        session = self._session
+        if session is None:
+            raise MCPError(code=INTERNAL_ERROR, message=self.unavailable_message())
+        try:
+            result: dict[str, Any] = await session.send_request(request, _RAW_RESULT, progress_callback=progress)
+            return result
+        except MCPError as exc:
+            if self._auth_problem is not None:
+                raise MCPError(
+                    code=INTERNAL_ERROR,
+                    message=f"server {self.name!r} needs authorization: run `bastion oauth authorize {self.name}`",
+                ) from None
+            if exc.code == REQUEST_TIMEOUT:
+                raise MCPError(
+                    code=REQUEST_TIMEOUT,
+                    message=f"server {self.name!r} did not answer {request.method} within {self._request_timeout:g}s",
+                ) from None
+            if exc.code == CONNECTION_CLOSED or exc.error.message == "Session terminated":
+                self._stop.set()
+                raise MCPError(
+                    code=CONNECTION_CLOSED,
+                    message=f"server {self.name!r} closed the connection; reconnecting",
+                ) from None
+            raise
+
+
+@dataclass
+class UpstreamHandle:
+    """An upstream plus the cancel scope its supervisor runs in (owned by the runtime)."""
+
+    upstream: Upstream
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: anyio.Event = field(default_factory=anyio.Event)

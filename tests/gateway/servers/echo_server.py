@@ -1,0 +1,80 @@
+"""A small MCP server for gateway tests.
+
+    python echo_server.py [--name NAME] [--http PORT]     # stdio by default
+
+Tools: `echo`, `env` (reads an environment variable), `pid`, `crash` (the process exits),
+`hang` (never answers), `slow_progress` (reports progress). Also a prompt and a resource.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import anyio
+from mcp.server.mcpserver import Context, MCPServer
+
+
+def build(name: str = "echo") -> MCPServer:
+    server = MCPServer(name)
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Return the text."""
+        return text
+
+    @server.tool()
+    def env(variable: str) -> str:
+        """Return an environment variable of the server process."""
+        return os.environ.get(variable, "<unset>")
+
+    @server.tool()
+    def pid() -> int:
+        """The server's process id."""
+        return os.getpid()
+
+    @server.tool()
+    def crash() -> str:
+        """Exit the process without answering."""
+        os._exit(3)
+
+    @server.tool()
+    async def hang() -> str:
+        """Never answer."""
+        await anyio.sleep_forever()
+        return "unreachable"
+
+    @server.tool()
+    async def slow_progress(steps: int, ctx: Context) -> str:
+        """Report `steps` progress notifications, then answer."""
+        for step in range(steps):
+            await ctx.report_progress(step + 1, steps)
+        return "done"
+
+    @server.prompt()
+    def greet(who: str) -> str:
+        """Greet someone."""
+        return f"Hello, {who}!"
+
+    @server.resource(f"{name}://hello")
+    def hello() -> str:
+        """A fixed text."""
+        return f"hello from {name}"
+
+    return server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", default="echo")
+    parser.add_argument("--http", type=int, default=None)
+    args = parser.parse_args()
+    server = build(args.name)
+    if args.http is None:
+        server.run()
+    else:
+        server.run("streamable-http", host="127.0.0.1", port=args.http)
+
+
+if __name__ == "__main__":
+    main()
