@@ -181,14 +181,15 @@ class FileLocks:
     """Per-server cross-process locks in `directory`.
 
     `lease()` is `Store.lock`: flock on `<name>.lock`, polled without blocking so that waiting
-    is cancellable and times out, plus a per-process `anyio.Lock` (flock excludes open file
-    descriptions, not tasks sharing one). `write_lock()` is the short blocking flock that
+    is cancellable and times out, plus a per-process semaphore (flock excludes open file
+    descriptions, not tasks sharing one). Not re-entrant: a task that asks again for a lease it
+    holds waits and times out like anyone else. `write_lock()` is the short blocking flock that
     makes a read-modify-write atomic across processes; it is taken in worker threads.
     """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._task_locks: dict[str, anyio.Lock] = {}
+        self._task_locks: dict[str, anyio.Semaphore] = {}
         ensure_private_dir(directory)
 
     def path(self, name: str, suffix: str) -> Path:
@@ -198,7 +199,7 @@ class FileLocks:
     async def lease(self, server: str, timeout: float) -> AsyncGenerator[Lease, None]:
         path = self.path(server, ".lock")
         deadline = anyio.current_time() + timeout
-        task_lock = self._task_locks.setdefault(server, anyio.Lock())
+        task_lock = self._task_locks.setdefault(server, anyio.Semaphore(1))
         try:
             with anyio.fail_after(timeout):
                 await task_lock.acquire()
