@@ -17,10 +17,10 @@ from bastion.config.files import atomic_write
 
 
 class MemoryKeyring(KeyringBackend):
-    priority = -1  # type: ignore[assignment]
+    priority = -1
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.entries: dict[str, str] = {}
         self.fail_with: Exception | None = None
 
