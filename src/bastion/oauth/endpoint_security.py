@@ -52,7 +52,9 @@ def url_for_message(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     netloc = f"{host}:{port}" if port is not None else host
-    return f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else parts.path
+    if not parts.scheme:
+        return f"//{netloc}{parts.path}" if netloc else parts.path
+    return f"{parts.scheme}://{netloc}{parts.path}" if netloc else f"{parts.scheme}:{parts.path}"
 
 
 def _parse_ipv4_lenient(host: str) -> ipaddress.IPv4Address | None:

@@ -91,3 +91,6 @@ def test_ordinary_hosts_are_not_forbidden(host: str) -> None:
 def test_url_for_message_drops_userinfo_query_and_fragment() -> None:
     assert url_for_message("https://u:p@x.example:8443/a/b?token=t#f") == "https://x.example:8443/a/b"
     assert url_for_message("http://[::1]:80/x") == "http://[::1]:80/x"
+    assert url_for_message("javascript:alert(1)") == "javascript:alert(1)"
+    assert url_for_message("/relative?q=1") == "/relative"
+    assert url_for_message("http://[::1") == "<invalid URL>"
