@@ -78,7 +78,7 @@ def decode_name(encoded: str) -> str | None:
     return name if encode_name(name) == encoded else None
 
 
-def names_in(directory: Path, suffix: str) -> dict[str, Path]:
+def names_in(directory: Path, suffix: str, *, warn: bool = True) -> dict[str, Path]:
     """name -> path for every `<encoded name><suffix>` file in `directory` (temp files skipped)."""
     found: dict[str, Path] = {}
     for entry in os.scandir(directory):
@@ -86,7 +86,8 @@ def names_in(directory: Path, suffix: str) -> dict[str, Path]:
             continue
         name = decode_name(entry.name[: -len(suffix)])
         if name is None:
-            logger.warning("ignoring %s: not a file name the store writes", entry.path)
+            if warn:
+                logger.warning("ignoring %s: not a file name the store writes", entry.path)
             continue
         found[name] = Path(entry.path)
     return found
@@ -201,10 +202,13 @@ class FileLocks:
         deadline = anyio.current_time() + timeout
         task_lock = self._task_locks.setdefault(server, anyio.Semaphore(1))
         try:
-            with anyio.fail_after(timeout):
-                await task_lock.acquire()
-        except TimeoutError:
-            raise _lock_timeout(server, timeout, "another task in this process holds it") from None
+            task_lock.acquire_nowait()  # so that timeout=0 means "try once"
+        except anyio.WouldBlock:
+            try:
+                with anyio.fail_after(timeout):
+                    await task_lock.acquire()
+            except TimeoutError:
+                raise _lock_timeout(server, timeout, "another task in this process holds it") from None
         try:
             fd = await _flock_polling(path, deadline, server, timeout)
             try:
@@ -365,7 +369,7 @@ class DirWatcher:
     def _scan(self, known: dict[str, _Known], hinted: set[str]) -> tuple[list[StoreEvent], dict[str, _Known]]:
         current: dict[str, _Known] = {}
         events: list[StoreEvent] = []
-        for server, path in sorted(names_in(self.directory, self.suffix).items()):
+        for server, path in sorted(names_in(self.directory, self.suffix, warn=False).items()):
             try:
                 st = path.stat()
             except FileNotFoundError:

@@ -290,6 +290,12 @@ class StoreContract:
             assert 0.15 <= anyio.current_time() - started < 2
             assert "notion" in str(info.value)
 
+    async def test_a_free_lock_with_zero_timeout_is_taken(self, store: Store) -> None:
+        async with store.lock("notion", timeout=0):
+            with pytest.raises(StoreLockTimeout):
+                async with store.lock("notion", timeout=0):
+                    pytest.fail("got a lock that is held")
+
     async def test_lock_is_released_when_the_body_raises(self, store: Store) -> None:
         with pytest.raises(RuntimeError):
             async with store.lock("notion"):
