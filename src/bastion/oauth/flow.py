@@ -92,6 +92,11 @@ async def begin(
     if record is None or record.client != client:
         await _save_client(store, options, client)
         progress(f"Client registered ({client.source}): {client.client_id}")
+    if not discovery.metadata.authorization_endpoint:
+        raise AuthorizationError(
+            f"the authorization server {discovery.issuer} has no authorization endpoint",
+            hint="it may only support machine-to-machine grants; configure client credentials for this server",
+        )
     pkce = rfc7636.generate_pkce()
     state = secrets.token_urlsafe(32)
     extra_params = {"prompt": "consent"} if "offline_access" in scopes else None
