@@ -208,3 +208,28 @@ async def test_invalid_client_registers_again_once(world: World, store: FileStor
     record = await run(world, store, FakeBrowser(world))
     assert record.state() is ProviderState.AUTHORIZED
     assert len(world.registrations) == 2
+
+
+async def test_debug_logs_never_contain_secrets(
+    world: World, store: FileStore, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tokens, the PKCE verifier and the client secret never reach a log line, even at DEBUG."""
+    import logging
+
+    client = ClientRegistration(
+        client_id="cid",
+        client_secret="CLIENT-SECRET-VALUE",
+        token_endpoint_auth_method="client_secret_post",
+        source="preregistered",
+    )
+    await store.put(ProviderRecord(server="demo", resource_url=MCP, client=client))
+    caplog.set_level(logging.DEBUG)
+    record = await run(world, store, FakeBrowser(world))
+    assert record.tokens is not None
+    verifier = world.token_forms[0]["code_verifier"]
+    secrets = [verifier, "CLIENT-SECRET-VALUE", record.tokens.access_token, record.tokens.refresh_token or "x"]
+    captured = capsys.readouterr()
+    text = caplog.text + captured.out + captured.err + repr(record) + repr(client)
+    assert caplog.records  # debug logging was on and produced lines
+    for secret in secrets:
+        assert secret not in text
