@@ -349,6 +349,56 @@ async def secret_rm(name: str) -> None:
     click.echo(f"secret {name} removed" if removed else f"no secret named {name}")
 
 
+# --------------------------------------------------------------------------- client
+
+
+@cli.group("client")
+def client_group() -> None:
+    """Desktop MCP clients (Claude Desktop, Cursor, VS Code, Claude Code)."""
+
+
+@client_group.command("ls")
+def client_ls() -> None:
+    """Which clients are connected to Bastion."""
+    from bastion.clients import CLIENTS, is_connected
+
+    for client in CLIENTS.values():
+        state = "connected" if is_connected(client) else "-"
+        click.echo(f"{client.name:<12} {client.title:<15} {state:<10} {client.config_path()}")
+
+
+@client_group.command("connect")
+@click.argument("name")
+def client_connect(name: str) -> None:
+    """Add a `bastion gateway run` stdio entry to the client's MCP configuration."""
+    from bastion.clients import connect, get_client
+    from bastion.config.paths import bastion_home
+    from bastion.errors import BastionError
+
+    try:
+        client = get_client(name)
+        home = bastion_home() if os.environ.get("BASTION_HOME") else None
+        path = connect(client, home)
+    except BastionError as exc:
+        _fail(str(exc))
+    click.echo(f"connected {client.title}: {path} (restart {client.title} to pick it up)")
+
+
+@client_group.command("disconnect")
+@click.argument("name")
+def client_disconnect(name: str) -> None:
+    """Remove Bastion's entry from the client's MCP configuration."""
+    from bastion.clients import disconnect, get_client
+    from bastion.errors import BastionError
+
+    try:
+        client = get_client(name)
+        removed = disconnect(client)
+    except BastionError as exc:
+        _fail(str(exc))
+    click.echo(f"disconnected {client.title}" if removed else f"{client.title} was not connected")
+
+
 def main() -> None:
     cli(prog_name="bastion")
 
