@@ -70,6 +70,8 @@ class UpstreamBearerAuth(httpx2.Auth):
         self._server = server
         self._provider = provider
         self._on_needs_authorization = on_needs_authorization
+        self.gave_up = False
+        """Set once no usable token is left: later 401s on this connection are not refreshed again."""
 
     def sync_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
         raise RuntimeError("UpstreamBearerAuth only works with httpx2.AsyncClient")
@@ -84,16 +86,18 @@ class UpstreamBearerAuth(httpx2.Auth):
 
         if response.status_code == 401:
             if token is None:
-                self._on_needs_authorization("no access token is stored")
+                self._give_up("no access token is stored")
+                return
+            if self.gave_up:
                 return
             renewed = await provider.refresh_after_401(server, token)
             if renewed is None or renewed == token:
-                self._on_needs_authorization("the server rejected the access token and it could not be refreshed")
+                self._give_up("the server rejected the access token and it could not be refreshed")
                 return
             _authorize(request, renewed)
             response = yield request
             if response.status_code == 401:
-                self._on_needs_authorization("the server rejected a freshly refreshed access token")
+                self._give_up("the server rejected a freshly refreshed access token")
                 return
 
         if response.status_code == 403:
@@ -102,7 +106,11 @@ class UpstreamBearerAuth(httpx2.Auth):
                 scopes = params.get("scope", "").split()
                 await provider.step_up(server, scopes)
                 needed = f" ({' '.join(scopes)})" if scopes else ""
-                self._on_needs_authorization(f"the server requires more scopes{needed}")
+                self._give_up(f"the server requires more scopes{needed}")
+
+    def _give_up(self, reason: str) -> None:
+        self.gave_up = True
+        self._on_needs_authorization(reason)
 
 
 def _authorize(request: httpx2.Request, token: str | None) -> None:

@@ -20,7 +20,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, SERVER_INFO_META_KEY
 
-from bastion.gateway.naming import exposed_name
+from bastion.gateway.naming import SEPARATOR, exposed_name
 from bastion.gateway.upstream import Upstream, UpstreamState
 
 logger = logging.getLogger(__name__)
@@ -186,8 +186,16 @@ class Pool:
     def upstream_for_tool(self, name: str) -> tuple[Upstream, str]:
         route = self.routes.tools.get(name)
         if route is None:
+            self._raise_if_unavailable(name)
             raise MCPError(code=INVALID_PARAMS, message=f"unknown tool {name!r}")
         return self._upstream(route), route.name
+
+    def _raise_if_unavailable(self, name: str) -> None:
+        """A name of a server that is not ready gets that server's story, not "unknown"."""
+        server, separator, _ = name.partition(SEPARATOR)
+        upstream = self.upstreams.get(server) if separator else None
+        if upstream is not None and upstream.state is not UpstreamState.READY:
+            raise MCPError(code=INTERNAL_ERROR, message=upstream.unavailable_message())
 
     async def call_tool(
         self, params: types.CallToolRequestParams, progress: ProgressFnT | None = None
@@ -201,6 +209,7 @@ class Pool:
     ) -> dict[str, Any]:
         route = self.routes.prompts.get(params.name)
         if route is None:
+            self._raise_if_unavailable(params.name)
             raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {params.name!r}")
         request = types.GetPromptRequest(params=params.model_copy(update={"name": route.name, "meta": None}))
         return _own_result(await self._upstream(route).send(request, progress=progress))

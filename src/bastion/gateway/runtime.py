@@ -33,6 +33,7 @@ from mcp_types import INVALID_PARAMS
 from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import GatewayError, NeedsAuthorizationError, UpstreamError
+from bastion.gateway.naming import SEPARATOR
 from bastion.gateway.pool import Pool
 from bastion.gateway.security import GatewaySecurityMiddleware, gateway_token
 from bastion.gateway.server import ChangeNotifier, GatewayServer, build_server, http_app
@@ -228,7 +229,8 @@ class Gateway:
         if exc.code == INVALID_PARAMS and exc.error.message.startswith("unknown tool"):
             return UpstreamError(exc.error.message, hint="`bastion tools ls` lists the tools")
         route = self.pool.routes.tools.get(tool)
-        upstream = self.pool.upstreams.get(route.server) if route is not None else None
+        server = route.server if route is not None else tool.partition(SEPARATOR)[0]
+        upstream = self.pool.upstreams.get(server)
         if upstream is not None and upstream.state is UpstreamState.NEEDS_AUTHORIZATION:
             return NeedsAuthorizationError(exc.error.message)
         return UpstreamError(exc.error.message)

@@ -267,6 +267,7 @@ class Upstream:
         self._reconnect = anyio.Event()
         self._relist = anyio.Event()
         self._auth_problem: str | None = None
+        self._connect_scope: anyio.CancelScope | None = None
         self._request_timeout = settings.request_timeout
 
     # -- supervisor ---------------------------------------------------------------------------
@@ -330,6 +331,7 @@ class Upstream:
         self._set_state(UpstreamState.CONNECTING)
         connected = False
         with anyio.CancelScope(deadline=anyio.current_time() + self.settings.connect_timeout) as scope:
+            self._connect_scope = scope
             async with AsyncExitStack() as stack:
                 transport = await self._open_transport(stack)
                 client = Client(
@@ -346,6 +348,7 @@ class Upstream:
                 listing = await self._fetch_listing(session)
                 scope.deadline = math.inf
                 connected = True
+                self._connect_scope = None
                 self._session = session
                 self.protocol_version = session.protocol_version
                 self.listing = listing
@@ -358,7 +361,9 @@ class Upstream:
                         tg.start_soon(self._listen_loop, client)
                     await self._stop.wait()
                     tg.cancel_scope.cancel()
-                self._session = None
+                # Stop routing to this session now; closing the transport can take a while.
+                self._drop_session(session)
+        self._connect_scope = None
         if scope.cancelled_caught and not connected:
             raise TimeoutError(f"no answer within {self.settings.connect_timeout:g}s")
 
@@ -475,9 +480,16 @@ class Upstream:
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
         logger.debug("upstream %r [%s] %s", self.name, params.level, params.data)
 
+    def _drop_session(self, session: ClientSession) -> None:
+        if self._session is session:
+            self._session = None
+            self._set_state(UpstreamState.DISCONNECTED)
+
     def _needs_authorization(self, reason: str) -> None:
         self._auth_problem = reason
         self._stop.set()
+        if self._connect_scope is not None:
+            self._connect_scope.cancel()
 
     def _set_state(self, state: UpstreamState) -> None:
         self.state = state
@@ -551,6 +563,7 @@ class Upstream:
                     message=f"server {self.name!r} did not answer {request.method} within {self._request_timeout:g}s",
                 ) from None
             if exc.code == CONNECTION_CLOSED or exc.error.message == "Session terminated":
+                self._drop_session(session)
                 self._stop.set()
                 raise MCPError(
                     code=CONNECTION_CLOSED,
