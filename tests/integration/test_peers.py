@@ -341,3 +341,31 @@ def test_protected_mcp_can_mimic_a_trailing_slash_issuer(
     server = protected_mcp_factory(oidc.issuer, advertised_issuer=oidc.issuer + "/")
     prm = httpx2.get(server.resource_metadata_url, trust_env=False).json()
     assert prm["authorization_servers"] == [oidc.issuer + "/"]
+
+
+def test_peers_exit_when_their_launcher_is_killed(node_deps: None) -> None:
+    script = (
+        "import json, time\n"
+        "from tests.fixtures import peers\n"
+        "h = peers.start_oidc()\n"
+        "print(json.dumps({'pid': h.peer.pid}), flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=root, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert launcher.stdout is not None
+        peer_pid = json.loads(launcher.stdout.readline())["pid"]
+        launcher.kill()
+        launcher.wait(5)
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{peer_pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not Path(f"/proc/{peer_pid}").exists()
+    finally:
+        launcher.kill()
+        launcher.wait(5)
+        if launcher.stdout is not None:
+            launcher.stdout.close()
