@@ -135,7 +135,10 @@ async def test_403_insufficient_scope_steps_up_with_the_challenged_scopes() -> N
 @pytest.mark.parametrize(
     ("header", "expected"),
     [
-        ('Bearer realm="x", error="insufficient_scope", scope="a b"', {"realm": "x", "error": "insufficient_scope", "scope": "a b"}),
+        (
+            'Bearer realm="x", error="insufficient_scope", scope="a b"',
+            {"realm": "x", "error": "insufficient_scope", "scope": "a b"},
+        ),
         ('Basic realm="y", Bearer error=invalid_token', {"error": "invalid_token"}),
         ('Bearer scope="say \\"hi\\""', {"scope": 'say "hi"'}),
         ('Basic realm="y"', {}),

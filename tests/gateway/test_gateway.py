@@ -55,7 +55,9 @@ class RecordAuthorization:
             method = dict(scope["headers"]).get(b"mcp-method")
             self.methods.append(method.decode() if method is not None else None)
             if self.require is not None and header != f"Bearer {self.require}":
-                await send({"type": "http.response.start", "status": 401, "headers": [(b"www-authenticate", b"Bearer")]})
+                await send(
+                    {"type": "http.response.start", "status": 401, "headers": [(b"www-authenticate", b"Bearer")]}
+                )
                 await send({"type": "http.response.body", "body": b""})
                 return
         await self.app(scope, receive, send)
@@ -143,9 +145,7 @@ async def test_secrets_come_from_the_lookup_and_reach_the_child_environment() ->
     async def lookup(name: str) -> str | None:
         return {"one.key": "from-store"}.get(name)
 
-    entry = stdio_entry(
-        "one", secrets=[{"name": "one.key", "env": "ONE_KEY"}], env={"GREETING": "hi ${ONE_KEY}"}
-    )
+    entry = stdio_entry("one", secrets=[{"name": "one.key", "env": "ONE_KEY"}], env={"GREETING": "hi ${ONE_KEY}"})
     async with Gateway([entry], FAST, secret_lookup=lookup) as gateway:
         assert text_of(await gateway.call_tool("one__env", {"variable": "ONE_KEY"})) == "from-store"
         assert text_of(await gateway.call_tool("one__env", {"variable": "GREETING"})) == "hi from-store"

@@ -240,7 +240,11 @@ class Pool:
 
 
 def _own_result(result: dict[str, Any]) -> dict[str, Any]:
-    """Drop the upstream's identity stamp so the downstream sees the gateway's own."""
+    """Make an upstream's result the gateway's: drop the upstream's identity stamp (the
+    downstream sees the gateway's own) and mark a handshake-era result complete, which the
+    2026-07-28 wire requires (handshake-era downstreams have it sieved out again)."""
+    if "resultType" not in result:
+        result["resultType"] = "complete"
     meta = result.get("_meta")
     if isinstance(meta, dict) and SERVER_INFO_META_KEY in meta:
         rest = {key: value for key, value in meta.items() if key != SERVER_INFO_META_KEY}

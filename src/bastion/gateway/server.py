@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 SERVER_NAME = "bastion"
 _ALL_CHANGES = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
 _SESSION_BACKLOG = 16
+_LIST_ENVELOPE: dict[str, Any] = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private"}
+"""Listings change whenever an upstream does: never fresh for long, never shared across callers.
+(Required fields on the 2026-07-28 wire; sieved out for handshake-era clients.)"""
 
 
 class ChangeNotifier:
@@ -150,13 +153,13 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     """The downstream MCP server: every handler reads `pool.routes` and forwards."""
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
-        return {"tools": list(pool.routes.tools_wire)}
+        return {**_LIST_ENVELOPE, "tools": list(pool.routes.tools_wire)}
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
         return await pool.call_tool(params, _progress(ctx))
 
     async def list_prompts(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
-        return {"prompts": list(pool.routes.prompts_wire)}
+        return {**_LIST_ENVELOPE, "prompts": list(pool.routes.prompts_wire)}
 
     async def get_prompt(ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> dict[str, Any]:
         return await pool.get_prompt(params, _progress(ctx))
@@ -164,12 +167,12 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     async def list_resources(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
     ) -> dict[str, Any]:
-        return {"resources": list(pool.routes.resources_wire)}
+        return {**_LIST_ENVELOPE, "resources": list(pool.routes.resources_wire)}
 
     async def list_resource_templates(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
     ) -> dict[str, Any]:
-        return {"resourceTemplates": list(pool.routes.templates_wire)}
+        return {**_LIST_ENVELOPE, "resourceTemplates": list(pool.routes.templates_wire)}
 
     async def read_resource(
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
