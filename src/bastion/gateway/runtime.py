@@ -14,10 +14,12 @@ routing snapshot, so a request sees the old or the new set of upstreams, never h
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
+import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -334,9 +336,49 @@ async def _serve(gateway: Gateway, transport: Transport, sock: socket.socket | N
         tg.cancel_scope.cancel()
 
 
+class _StdinLines:
+    """Lines of a pipe on fd 0, read through the event loop rather than a worker thread, so a
+    signal stops the gateway at once instead of waiting for the client's next line."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[str]:
+        os.set_blocking(self._fd, False)
+        pending = b""
+        while True:
+            await anyio.wait_readable(self._fd)
+            try:
+                chunk = os.read(self._fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8", "replace") + "\n"
+        if pending:
+            yield pending.decode("utf-8", "replace")
+
+
+def _stdin() -> Any:
+    """A pipe or socket on stdin is read via the event loop; anything else (a file, a console on
+    Windows) goes through the SDK's default thread-backed reader."""
+    try:
+        mode = os.fstat(0).st_mode
+    except OSError:
+        return None
+    if sys.platform != "win32" and (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        return _StdinLines(0)
+    return None
+
+
 async def _serve_stdio(gateway: Gateway, stop: anyio.Event) -> None:
     try:
-        async with stdio_server() as (read_stream, write_stream):
+        async with stdio_server(stdin=_stdin()) as (read_stream, write_stream):
             await gateway.server.run(read_stream, write_stream, gateway.server.create_initialization_options())
     finally:
         stop.set()
