@@ -1,0 +1,188 @@
+"""Who may use the OAuth page, and how a state-changing request proves it came from the page.
+
+A plain ASGI middleware (`UISecurityMiddleware`) in front of every route, plus `check_csrf`
+for the POST handlers:
+
+1. DNS rebinding: the `Host` header must name a loopback host, or one of `allowed_hosts`.
+   A rebound name (attacker.example resolving to 127.0.0.1) is refused before anything runs.
+2. Who: without a gateway token, only loopback clients. With a token, every client presents it,
+   as `Authorization: Bearer <token>` or as the `bastion_token` cookie that `/login?token=...`
+   sets (HttpOnly, SameSite=Lax so the authorization server's redirect to the callback still
+   carries it). Compared in constant time.
+3. Cross-site requests: an `Origin` header, when sent, must be the page's own origin (its
+   `Host`), on every request, so another site can neither post forms nor open the event
+   stream. For POSTs, `Sec-Fetch-Site` must be absent, `same-origin` or `none` (a page on
+   another port of localhost is `same-site`: refused), and the form must carry the
+   per-process CSRF token (`check_csrf`, constant time).
+4. Every response gets `Cache-Control: no-store`, `X-Frame-Options: DENY`, a CSP allowing only
+   the page's own script, style and event stream, `Referrer-Policy: no-referrer` and `nosniff`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from bastion.oauth.rfc8252 import is_loopback_host
+
+TOKEN_COOKIE = "bastion_token"
+CSRF_FIELD = "csrf"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
+LOGIN_PATH = "/login"
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"cache-control", b"no-store"),
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+)
+
+
+def split_host(value: str) -> tuple[str, int | None]:
+    """(host, port) of a `Host` header or an origin's netloc: `h`, `h:port`, `[v6]:port`."""
+    try:
+        parts = urlsplit(f"//{value}")
+        return (parts.hostname or "", parts.port)
+    except ValueError:
+        return ("", None)
+
+
+def host_allowed(host_header: str | None, allowed_hosts: Iterable[str]) -> bool:
+    """Is the request's `Host` a loopback name/address or one of `allowed_hosts` (names, no port)?"""
+    if not host_header:
+        return False
+    host, _ = split_host(host_header)
+    if not host:
+        return False
+    return is_loopback_host(host) or host.lower() in {h.lower().strip("[]") for h in allowed_hosts}
+
+
+def same_origin(origin: str, host_header: str, scheme: str) -> bool:
+    """Is `origin` (an `Origin` header) the page's own origin, `scheme://<Host header>`?
+    Default ports are made explicit on both sides; `null` is never the page's origin."""
+    try:
+        parts = urlsplit(origin)
+        origin_port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
+        return False
+    default = {"http": 80, "https": 443}
+    host, port = split_host(host_header)
+    return (parts.hostname.lower(), origin_port or default[parts.scheme]) == (
+        host.lower(),
+        port or default.get(scheme, 80),
+    )
+
+
+def token_matches(presented: str | None, token: str) -> bool:
+    return presented is not None and hmac.compare_digest(presented.encode(), token.encode())
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if authorization is None:
+        return None
+    scheme, _, credentials = authorization.partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def cookie_token(cookie_header: str | None) -> str | None:
+    if not cookie_header:
+        return None
+    return cookie_parser(cookie_header).get(TOKEN_COOKIE)
+
+
+def check_csrf(presented: str | None, expected: str) -> bool:
+    """The form's CSRF field against the per-process token, in constant time."""
+    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def _route_path(scope: Scope) -> str:
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+class UISecurityMiddleware:
+    """Refuses rebound hosts, foreign origins, cross-site POSTs and unauthenticated clients."""
+
+    def __init__(self, app: ASGIApp, *, token: str | None, allowed_hosts: Iterable[str] = ()) -> None:
+        self.app = app
+        self.token = token
+        self.allowed_hosts = tuple(allowed_hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            status, message = refusal
+            await _refuse(send, status, message, challenge=status == 401)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {key.lower() for key, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """(status, message) when the request must be refused, else None."""
+        headers = Headers(scope=scope)
+        host = headers.get("host")
+        if not host_allowed(host, self.allowed_hosts):
+            return 403, "This page answers only to a loopback host name (or the configured host)."
+        assert host is not None
+        origin = headers.get("origin")
+        if origin is not None and not same_origin(origin, host, scope.get("scheme", "http")):
+            return 403, "Cross-origin requests are refused."
+        if scope["method"] not in SAFE_METHODS:
+            site = headers.get("sec-fetch-site")
+            if site is not None and site.lower() not in ALLOWED_FETCH_SITES:
+                return 403, "Cross-site requests are refused."
+        if _route_path(scope) == LOGIN_PATH:
+            return None  # checks the token itself
+        if self.token is None:
+            client = scope.get("client")
+            if client is None or not is_loopback_host(str(client[0])):
+                return 403, "This page is reachable from this machine only (no gateway token is configured)."
+            return None
+        presented = bearer_token(headers.get("authorization")) or cookie_token(headers.get("cookie"))
+        if not token_matches(presented, self.token):
+            return 401, "Sign in first: open /ui/login?token=<the gateway token> once in this browser."
+        return None
+
+
+async def _refuse(send: Send, status: int, message: str, *, challenge: bool) -> None:
+    body = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Bastion</title></head>"
+        f"<body><h1>{status}</h1><p>{html.escape(message)}</p></body></html>"
+    ).encode()
+    headers = [
+        (b"content-type", b"text/html; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        *SECURITY_HEADERS,
+    ]
+    if challenge:
+        headers.append((b"www-authenticate", b'Bearer realm="bastion"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
