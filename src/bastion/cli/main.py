@@ -399,6 +399,22 @@ def client_disconnect(name: str) -> None:
     click.echo(f"disconnected {client.title}" if removed else f"{client.title} was not connected")
 
 
+# --------------------------------------------------------------------------- ui (the OAuth page, bastion.web)
+
+
+@cli.command("ui")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (others need the gateway token).")
+@click.option("--port", type=int, default=8812, show_default=True, help="Port (0 picks a free one).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the browser.")
+@run_async
+async def ui(host: str, port: int, open_browser: bool) -> None:
+    """Serve the OAuth page: enabled servers, their OAuth state, Authorize / Revoke / Enable / Disable."""
+    from bastion.web.serve import serve_ui  # lazy: keeps `bastion --help` fast
+
+    async with open_app() as app:
+        await serve_ui(app, host=host, port=port, open_browser=open_browser)
+
+
 def main() -> None:
     cli(prog_name="bastion")
 
