@@ -349,6 +349,103 @@ async def secret_rm(name: str) -> None:
     click.echo(f"secret {name} removed" if removed else f"no secret named {name}")
 
 
+# --------------------------------------------------------------------------- gateway & tools
+
+
+@cli.group()
+def gateway() -> None:
+    """Run the gateway."""
+
+
+@gateway.command("run")
+@click.option("--transport", type=click.Choice(["stdio", "streamable-http", "sse"]), default="stdio", show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (HTTP transports).")
+@click.option("--port", type=int, default=8811, show_default=True, help="Listen port (0 picks a free one).")
+@click.option("--servers", default=None, help="Comma-separated enabled servers to serve (default: all enabled).")
+@run_async
+async def gateway_run(transport: str, host: str, port: int, servers: str | None) -> None:
+    """Serve every enabled server as one MCP server, until SIGTERM/SIGINT (or end of stdin)."""
+    from bastion.gateway.runtime import run_gateway
+    from bastion.serve import Runtime
+
+    only = [s.strip() for s in servers.split(",") if s.strip()] if servers else None
+    async with open_app() as app, Runtime(app, only=only) as runtime:
+        await run_gateway(runtime.gateway, transport, host, port)  # type: ignore[arg-type]
+
+
+@cli.group()
+def tools() -> None:
+    """List and call tools through the gateway (in-process, one request)."""
+
+
+@tools.command("ls")
+@click.option("--server", default=None, help="Only this server's tools.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@run_async
+async def tools_ls(server: str | None, as_json: bool) -> None:
+    """List the tools of the enabled servers."""
+    from bastion.serve import Runtime
+
+    async with open_app() as app, Runtime(app, only=[server] if server else None, watch=False) as runtime:
+        listed = await runtime.gateway.list_tools()
+        problems = [s for s in runtime.gateway.status() if s.state.value != "ready"]
+    if as_json:
+        click.echo(json.dumps([t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed], indent=2))
+    else:
+        for tool in listed:
+            summary = (tool.description or "").strip().splitlines()[0] if tool.description else ""
+            click.echo(f"{tool.name:<40} {summary[:80]}")
+    for status in problems:
+        click.echo(f"warning: {status.name} is {status.state.value}: {status.last_error or ''}".rstrip(), err=True)
+
+
+def _parse_arguments(pairs: tuple[str, ...], json_args: str | None) -> dict[str, Any]:
+    arguments: dict[str, Any] = {}
+    if json_args:
+        try:
+            loaded = json.loads(json_args)
+        except json.JSONDecodeError as exc:
+            _fail(f"--json-args is not valid JSON: {exc.msg}")
+        if not isinstance(loaded, dict):
+            _fail("--json-args must be a JSON object")
+        arguments.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            _fail(f"argument {pair!r} is not key=value")
+        try:
+            arguments[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            arguments[key] = raw
+    return arguments
+
+
+@tools.command("call")
+@click.option("--server", default=None, help="Only start this server.")
+@click.option("--json-args", default=None, help="Arguments as a JSON object.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw result as JSON.")
+@click.argument("tool")
+@click.argument("args", nargs=-1)
+@run_async
+async def tools_call(
+    server: str | None, json_args: str | None, as_json: bool, tool: str, args: tuple[str, ...]
+) -> None:
+    """Call TOOL with key=value arguments (values are JSON when they parse as JSON)."""
+    from bastion.serve import Runtime
+
+    arguments = _parse_arguments(args, json_args)
+    async with open_app() as app, Runtime(app, only=[server] if server else None, watch=False) as runtime:
+        result = await runtime.gateway.call_tool(tool, arguments)
+    if as_json:
+        click.echo(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True), indent=2))
+    else:
+        for block in result.content:
+            text = getattr(block, "text", None)
+            click.echo(text if text is not None else json.dumps(block.model_dump(mode="json", exclude_none=True)))
+    if result.is_error:
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------- client
 
 
