@@ -247,7 +247,7 @@ class RedisStore:
         self._key_checked = False
         self._degraded = False
         self._closed = False
-        self._local_locks: dict[str, anyio.Lock] = {}
+        self._local_locks: dict[str, anyio.Semaphore] = {}
         # The leases held by the current task (and the tasks it starts): server -> owner value.
         self._held: ContextVar[Mapping[str, str]] = ContextVar(f"bastion-redis-leases-{id(self)}", default=_NO_LEASES)
 
@@ -378,12 +378,15 @@ class RedisStore:
     @asynccontextmanager
     async def _lease(self, server: str, timeout: float) -> AsyncGenerator[Lease, None]:
         deadline = anyio.current_time() + timeout
-        local = self._local_locks.setdefault(server, anyio.Lock())
+        local = self._local_locks.setdefault(server, anyio.Semaphore(1))
         try:
-            with anyio.fail_after(timeout):
-                await local.acquire()
-        except TimeoutError:
-            raise _lock_timeout(server, timeout, "another task in this process holds it") from None
+            local.acquire_nowait()  # so that timeout=0 means "try once"
+        except anyio.WouldBlock:
+            try:
+                with anyio.fail_after(timeout):
+                    await local.acquire()
+            except TimeoutError:
+                raise _lock_timeout(server, timeout, "another task in this process holds it") from None
         try:
             owner = secrets.token_hex(16)
             token = await self._acquire(server, owner, deadline, timeout)
