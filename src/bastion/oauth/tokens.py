@@ -115,13 +115,20 @@ class TokenManager:
         tokens = self._cache.get(server)
         return tokens.access_token if tokens is not None else None
 
+    def margin_for(self, tokens: TokenSet) -> float:
+        """The refresh margin, at most half the token's lifetime (a 5-minute token is not
+        refreshed on every call because the margin is 60 seconds)."""
+        if tokens.expires_at is None:
+            return self._margin
+        return min(self._margin, max(0.0, (tokens.expires_at - tokens.obtained_at) / 2))
+
     def needs_refresh(self, server: str) -> bool:
         tokens = self._cache.get(server)
-        return tokens is not None and tokens.expired(self._clock(), self._margin)
+        return tokens is not None and tokens.expired(self._clock(), self.margin_for(tokens))
 
     async def fresh_token(self, server: str) -> str | None:
         tokens = self._cache.get(server)
-        if tokens is not None and not tokens.expired(self._clock(), self._margin):
+        if tokens is not None and not tokens.expired(self._clock(), self.margin_for(tokens)):
             return tokens.access_token
         stale = tokens.access_token if tokens is not None else None
         return await self._refresh(server, stale, force=False)
@@ -155,7 +162,7 @@ class TokenManager:
             # Someone in this process refreshed while we waited.
             current = self._cache.get(server)
             if current is not None and current.access_token != stale:
-                if force or not current.expired(self._clock(), self._margin):
+                if force or not current.expired(self._clock(), self.margin_for(current)):
                     return current.access_token
             try:
                 return await self._refresh_locked(server, stale, force=force)
@@ -171,7 +178,7 @@ class TokenManager:
                 return None
             now = self._clock()
             tokens = record.tokens
-            if tokens.access_token != stale and (force or not tokens.expired(now, self._margin)):
+            if tokens.access_token != stale and (force or not tokens.expired(now, self.margin_for(tokens))):
                 # Another process refreshed or re-authorized: adopt its token.
                 self._cache[server] = tokens
                 return tokens.access_token

@@ -16,7 +16,7 @@ from bastion.store.models import ClientRegistration, ProviderRecord, ProviderSta
 pytestmark = pytest.mark.anyio
 
 
-async def seed(store: FileStore, world: World, *, expires_in: float) -> ProviderRecord:
+async def seed(store: FileStore, world: World, *, expires_in: float, age: float = 3000.0) -> ProviderRecord:
     world.refresh_tokens.add("rt-initial")
     tokens = TokenSet(
         access_token="at-initial",
@@ -28,6 +28,7 @@ async def seed(store: FileStore, world: World, *, expires_in: float) -> Provider
         revocation_endpoint=f"{ISSUER}/revoke",
         resource=MCP,
         client_id="client-1",
+        obtained_at=time.time() - age,
     )
     client = ClientRegistration(client_id="client-1", issuer=ISSUER, redirect_uris=["http://127.0.0.1:5175/callback"])
     return await store.put(ProviderRecord(server="demo", resource_url=MCP, client=client, tokens=tokens))
@@ -141,3 +142,14 @@ async def test_revoke_sends_refresh_then_access_token(world: World, store: FileS
     assert problems == []
     assert [r["token_type_hint"] for r in world.revoked] == ["refresh_token", "access_token"]
     assert [r["token"] for r in world.revoked] == ["rt-initial", "at-initial"]
+
+
+async def test_refresh_margin_is_at_most_half_the_lifetime(world: World, store: FileStore) -> None:
+    """A 10-second token is not 'about to expire' the moment it is issued because the margin is 60s."""
+    await seed(store, world, expires_in=10, age=0)
+    async with world.client() as http:
+        manager = TokenManager(store, http, refresh_margin=60)
+        await manager.load("demo")
+        tokens = manager.cached("demo")
+        assert tokens is not None
+        assert manager.margin_for(tokens) <= 5.5
