@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import anyio
 import uvicorn
 from starlette.responses import PlainTextResponse, RedirectResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from bastion.errors import GatewayError
 from bastion.gateway.security import gateway_token
@@ -43,6 +43,11 @@ async def _outside_ui(scope: Scope, receive: Receive, send: Send) -> None:
         await RedirectResponse("/ui/", status_code=307)(scope, receive, send)
     else:
         await PlainTextResponse("not found", status_code=404)(scope, receive, send)
+
+
+def standalone_app(ui: ASGIApp) -> ASGIApp:
+    """`ui` at /ui, `/` redirecting to it, 404 elsewhere: what `bastion ui` serves."""
+    return mount_ui(_outside_ui, ui)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -89,9 +94,7 @@ async def serve_ui(
     try:
         token = gateway_token(host)
         ui = create_ui_app(app, token=token, allowed_hosts=allowed_hosts_for(host))
-        config = uvicorn.Config(
-            mount_ui(_outside_ui, ui), log_level="warning", lifespan="off", timeout_graceful_shutdown=1
-        )
+        config = uvicorn.Config(standalone_app(ui), log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
         server = _Uvicorn(config)
         url = page_url(host, sock.getsockname()[1])
         print(f"Bastion UI: {url}", file=out, flush=True)
