@@ -482,9 +482,10 @@ class RedisStore:
                         if message is None and anyio.current_time() - pinged > self.WATCH_PING_EVERY:
                             await pubsub.ping()
                             pinged = anyio.current_time()
-                    event = None if message is None else _parse_event(message.get("data"))
-                    if event is not None:
-                        yield event
+                    if message is not None and message.get("type") == "message":  # not a pong
+                        event = _parse_event(message.get("data"))
+                        if event is not None:
+                            yield event
             except StoreUnavailable as exc:
                 if self._closed:
                     return
@@ -584,6 +585,7 @@ class RedisStore:
             ) from None
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
             self._degraded = True
+            self._key_checked = False  # Redis may come back empty: prove the key again then
             raise StoreUnavailable(
                 f"Redis at {self.where} is unreachable; gateways keep serving the tokens they hold",
                 hint="start Redis or fix the store URL; the store recovers by itself once Redis answers",
