@@ -358,7 +358,7 @@ async def test_a_dead_holder_blocks_others_at_most_the_lease_ttl(redis_url: str,
         killed = anyio.current_time()
         async with store.lock("notion", timeout=5) as lease:
             waited = anyio.current_time() - killed
-        assert waited < ttl + 0.3
+        assert waited < ttl + 0.5
         assert lease.fencing_token > int(line[1])
     finally:
         await store.aclose()
@@ -378,7 +378,7 @@ async def test_a_holder_whose_renewal_stops_loses_the_lease_after_the_ttl(
             started = anyio.current_time()
             async with other.lock("notion", timeout=5):
                 waited = anyio.current_time() - started
-        assert 0.3 < waited < 0.9
+        assert 0.3 < waited < 1.5
     finally:
         await stalled.aclose()
 
@@ -555,6 +555,11 @@ async def test_redis_down_is_store_unavailable_and_the_store_recovers_by_itself(
             await watcher.wait_for(lambda e: e.kind == "resync" and e.server is None, timeout=5)
             assert await store.get("notion") is None  # this Redis keeps nothing across a restart
             assert not store.degraded
+            check = redis.asyncio.Redis.from_url(own_redis.url)
+            try:
+                assert await check.exists(f"{store.prefix}keycheck")  # the key is proven again
+            finally:
+                await check.aclose()
             written = await store.put(make_record())
             await watcher.wait_for(changed("notion", written.revision), timeout=1.0)
             async with store.lock("notion", timeout=1):
@@ -563,7 +568,7 @@ async def test_redis_down_is_store_unavailable_and_the_store_recovers_by_itself(
         await store.aclose()
 
 
-async def test_a_lease_is_kept_through_a_short_redis_outage_only_by_its_expiry(own_redis: RedisServer) -> None:
+async def test_leaving_a_lease_while_redis_is_down_does_not_raise_and_it_is_free_after(own_redis: RedisServer) -> None:
     """Releasing while Redis is down does not raise over the body's result; the lease is gone
     after the restart (no persistence) and can be taken again."""
     store = RedisStore.from_url(own_redis.url, key=KEY, lease_ttl=0.6, connect_timeout=0.5, command_timeout=1.0)
