@@ -25,7 +25,7 @@ import redis
 import redis.asyncio
 
 from bastion.config.settings import Settings, StoreSettings
-from bastion.errors import StoreError, StoreKeyError, StoreLockTimeout, StoreUnavailable
+from bastion.errors import ConfigError, StoreError, StoreKeyError, StoreLockTimeout, StoreUnavailable
 from bastion.store.base import Store
 from bastion.store.factory import open_store
 from bastion.store.models import StoreEvent
@@ -312,6 +312,13 @@ async def test_open_store_builds_a_redis_store_from_settings(
         assert store.prefix == "bastion:" and store.lease_ttl == 10.0
     finally:
         await store.aclose()
+
+
+@pytest.mark.parametrize("url", ["http://:hunter2@127.0.0.1:6379/0", "redis://:hunter2@127.0.0.1:notaport/0"])
+def test_an_invalid_url_is_a_config_error_that_does_not_quote_it(url: str) -> None:
+    with pytest.raises(ConfigError, match="URL is invalid") as info:
+        RedisStore.from_url(url, key=KEY)
+    assert "hunter2" not in str(info.value)
 
 
 async def test_messages_and_repr_never_show_the_redis_password() -> None:
