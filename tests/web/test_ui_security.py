@@ -209,6 +209,7 @@ async def test_every_response_carries_the_security_headers(bastion: Bastion) -> 
     async with client(app) as http:
         response = await http.get("/ui/")
     assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "same-origin"
     assert response.headers["cache-control"] == "no-store"
     assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
     assert "script-src 'self'" in response.headers["content-security-policy"]
