@@ -53,6 +53,7 @@ MAX_AUTHORIZATIONS = 3
 AUTHORIZE_TIMEOUT = 20.0
 GATEWAY_READY_TIMEOUT = 20.0
 SETTLE_TIMEOUT = 10.0
+RECONNECT_TIMEOUT = 5.0
 CALL_TIMEOUT = 15.0
 SCENARIO_TIMEOUT = 55.0
 READY_LINE = re.compile(r"gateway listening on (http://\S+)")
@@ -175,8 +176,6 @@ async def gateway(bastion: Bastion) -> AsyncIterator[str]:
     argv = bastion.argv(
         "gateway", "run", "--transport", "streamable-http", "--host", "127.0.0.1", "--port", "0", "--servers", SERVER
     )
-    if os.environ.get("CONFORMANCE_DEV_GATEWAY"):  # TEMPORARY until `bastion gateway run` exists
-        argv = [sys.executable, str(REPO / "conformance" / "_dev_gateway.py"), *argv[3:]]
     process = await asyncio.create_subprocess_exec(
         *argv, env=bastion.env, stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=subprocess.PIPE
     )
@@ -196,32 +195,35 @@ async def gateway(bastion: Bastion) -> AsyncIterator[str]:
             await asyncio.wait_for(pump, 5.0)
 
 
+async def health(http: httpx2.AsyncClient, url: str) -> tuple[str, str | None]:
+    """(state, last_error) of the scenario's upstream, from the gateway's /health."""
+    response = await http.get(url.rsplit("/", 1)[0] + "/health")
+    for upstream in response.json().get("upstreams", []):
+        if upstream.get("name") == SERVER:
+            return str(upstream.get("state")), upstream.get("last_error")
+    return "unknown", None
+
+
 async def upstream_state(http: httpx2.AsyncClient, url: str) -> tuple[str, str | None]:
-    """(state, last_error) of the scenario's upstream once it is no longer connecting (bounded)."""
-    health = url.rsplit("/", 1)[0] + "/health"
+    """(state, last_error) once the upstream is no longer connecting (bounded)."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    state, error = "unknown", None
-    while time.monotonic() < deadline:
-        response = await http.get(health)
-        for upstream in response.json().get("upstreams", []):
-            if upstream.get("name") == SERVER:
-                state, error = str(upstream.get("state")), upstream.get("last_error")
-        if state not in ("connecting", "disconnected", "unknown"):
-            return state, error
-        await asyncio.sleep(0.1)
+    state, error = await health(http, url)
+    while state in ("connecting", "disconnected", "unknown") and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        state, error = await health(http, url)
     return state, error
 
 
-async def wait_for_state(http: httpx2.AsyncClient, url: str, leave: str, timeout: float) -> str:
-    """Poll until the upstream's state is no longer `leave` (bounded); the last state seen."""
-    deadline = time.monotonic() + timeout
-    state = leave
+async def await_reconnect(http: httpx2.AsyncClient, url: str, error_before: str | None) -> None:
+    """After an authorization, wait (bounded) until the gateway has acted on the new tokens: the
+    upstream reconnected (connecting or ready), or it needs authorization for another reason."""
+    deadline = time.monotonic() + RECONNECT_TIMEOUT
     while time.monotonic() < deadline:
-        state, _ = await upstream_state(http, url)
-        if state != leave:
-            return state
-        await asyncio.sleep(0.1)
-    return state
+        state, error = await health(http, url)
+        if state != "needs-authorization" or error != error_before:
+            return
+        await asyncio.sleep(0.05)
+    log(f"the gateway did not reconnect within {RECONNECT_TIMEOUT:g}s of the authorization")
 
 
 async def use_tools(url: str) -> bool:
@@ -290,9 +292,7 @@ async def scenario(server_url: str, context: Mapping[str, Any], home: Path) -> N
                 await bastion.check(
                     "oauth", "authorize", SERVER, "--timeout", str(AUTHORIZE_TIMEOUT), timeout=AUTHORIZE_TIMEOUT + 10
                 )
-                state = await wait_for_state(http, url, "needs-authorization", SETTLE_TIMEOUT)
-                if state == "needs-authorization":
-                    raise ClientFailure("the gateway did not pick up the new tokens")
+                await await_reconnect(http, url, error)
                 continue
             if state != "ready":
                 raise ClientFailure(f"the upstream is {state}: {error}")

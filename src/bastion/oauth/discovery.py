@@ -42,6 +42,9 @@ _PROBE_BODY = json.dumps(
         },
     }
 ).encode()
+_OPERATION_PROBE_BODY = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}).encode()
+"""A server may authorize per operation and let `initialize` through (the spec's step-up example
+does); its first 401, and the `scope` the client must start from, then come with an operation."""
 
 
 @dataclass(frozen=True)
@@ -74,22 +77,27 @@ def _where(url: str) -> str:
 async def probe(
     http: httpx2.AsyncClient, server_url: str, *, transport: str = "streamable-http"
 ) -> list[rfc6750.Challenge]:
-    """Step 1: an unauthenticated request; the challenges of a 401/403, else []."""
+    """Step 1: an unauthenticated request; the challenges of a 401/403, else [].
+
+    Streamable HTTP: `initialize`, then, when that is let through, `tools/list` (an operation)."""
     try:
         if transport == "sse":
             async with http.stream("GET", server_url, headers={"Accept": "text/event-stream"}) as response:
                 status, headers = response.status_code, response.headers
         else:
-            response = await http.post(
-                server_url,
-                content=_PROBE_BODY,
-                headers={
-                    "Content-Type": "application/json",
-                    "Accept": "application/json, text/event-stream",
-                    "MCP-Protocol-Version": MCP_PROTOCOL_VERSION,
-                },
-            )
-            status, headers = response.status_code, response.headers
+            for body in (_PROBE_BODY, _OPERATION_PROBE_BODY):
+                response = await http.post(
+                    server_url,
+                    content=body,
+                    headers={
+                        "Content-Type": "application/json",
+                        "Accept": "application/json, text/event-stream",
+                        "MCP-Protocol-Version": MCP_PROTOCOL_VERSION,
+                    },
+                )
+                status, headers = response.status_code, response.headers
+                if status in (401, 403):
+                    break
     except httpx2.TransportError as exc:
         raise DiscoveryError(
             f"cannot reach the MCP server at {_where(server_url)}: {type(exc).__name__}",

@@ -36,6 +36,32 @@ async def test_discovery_follows_resource_metadata_from_the_challenge(world: Wor
     ]
 
 
+async def test_server_that_lets_initialize_through_is_probed_with_an_operation(world: World) -> None:
+    """Per-operation authorization (initialize open, tools need a token): the challenge, and so the
+    scope to start from, comes from the operation's 401, not from scopes_supported."""
+    world.open_methods = {"initialize"}
+    async with world.client() as http:
+        found = await discover(http, MCP)
+    assert found.challenge_scopes == ["mcp:read"]
+    assert select_scopes(found, override=None)[0] == "mcp:read"
+    probes = [json.loads(r.content)["method"] for r in world.requests if r.url.path == "/mcp"]
+    assert probes == ["initialize", "tools/list"]
+
+
+async def test_server_without_auth_on_any_method_falls_through_to_well_known(world: World) -> None:
+    world.open_methods = {"initialize", "tools/list"}
+    async with world.client() as http:
+        found = await discover(http, MCP)
+    assert found.challenge_scopes == []
+    assert select_scopes(found, override=None)[:2] == ["mcp:read", "mcp:write"]
+
+
+async def test_a_401_to_initialize_is_the_only_probe(world: World) -> None:
+    async with world.client() as http:
+        await discover(http, MCP)
+    assert [r.url.path for r in world.requests].count("/mcp") == 1
+
+
 @pytest.mark.parametrize("header", [None, "", "Bearer realm=", 'Bearer resource_metadata="unterminated', ",,,"])
 async def test_missing_or_malformed_challenge_falls_through_to_well_known(world: World, header: str | None) -> None:
     world.www_authenticate = header

@@ -25,6 +25,8 @@ class World:
     www_authenticate: str | None = (
         'Bearer resource_metadata="http://127.0.0.1:9/.well-known/oauth-protected-resource/mcp", scope="mcp:read"'
     )
+    open_methods: set[str] = field(default_factory=set)
+    """JSON-RPC methods the resource server answers without a token (per-operation authorization)."""
     prm_status: int = 200
     prm_body: bytes | None = None
     prm_resource: str | None = None
@@ -76,6 +78,8 @@ class World:
         self.requests.append(request)
         path = request.url.path
         if str(request.url).startswith(self.server_url) and request.method == "POST" and path == "/mcp":
+            if json.loads(request.content or b"{}").get("method") in self.open_methods:
+                return httpx2.Response(200, json={"jsonrpc": "2.0", "id": 0, "result": {}})
             headers = {"WWW-Authenticate": self.www_authenticate} if self.www_authenticate is not None else {}
             return httpx2.Response(401, headers=headers)
         if path.startswith("/.well-known/oauth-protected-resource"):
