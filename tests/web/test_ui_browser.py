@@ -7,7 +7,8 @@ OAuth-protected MCP server, with `bastion ui` and the CLI as separate processes:
    callback tab says done, and the first tab shows the server `authorized` without a reload;
 3. Revoke turns it back to `registered`;
 4. `bastion oauth authorize` in another process (headless user agent as $BROWSER) and then
-   `bastion server disable` show up on the page by themselves.
+   `bastion server disable` show up on the page by themselves;
+5. with JavaScript off the page still reads and its forms still work.
 
 Screenshots go to test-output/ui/. Every wait is bounded; every process is stopped by its id.
 """
@@ -233,7 +234,19 @@ def test_authorize_revoke_and_cli_changes_show_on_the_page(env: dict[str, str], 
             assert_not_reloaded(page)
             shot(page, "8-disabled-by-cli")
 
-            assert int(page.locator("#live").get_attribute("data-refreshes") or "0") >= 2
+            # 5. Without JavaScript the page still reads and acts (and the live tab follows).
+            static = browser.new_context(java_script_enabled=False)
+            static.set_default_timeout(WAIT_MS)
+            static.route("**/*", loopback_only)
+            plain = static.new_page()
+            plain.goto(ui_url)
+            plain.locator("#available-protected form.action-enable button").click()
+            expect(row(plain)).to_have_attribute("data-oauth-state", "unregistered")
+            shot(plain, "9-enabled-without-javascript")
+            expect(row(page)).to_have_attribute("data-oauth-state", "unregistered")
+            assert_not_reloaded(page)
+
+            assert int(page.locator("#live").get_attribute("data-refreshes") or "0") >= 3
             assert not console_errors, console_errors
         finally:
             browser.close()
