@@ -113,6 +113,7 @@ class EventStream:
         self.home = home
         self.pokes = pokes
         self.gateway_signature = gateway_signature
+        self._gateway_broken = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -132,7 +133,7 @@ class EventStream:
             return
         # Start watching before `hello` goes out: a change made once the client saw `hello` is reported.
         watch = self.store.watch()
-        files, gateway = file_signature(self.home), self.gateway_signature()
+        files, gateway = file_signature(self.home), self._gateway()
         async with anyio.create_task_group() as tg:
 
             async def until_disconnect() -> None:
@@ -187,10 +188,22 @@ class EventStream:
             if now_files != files:
                 files = now_files
                 changes.add("config")
-            now_gateway = self.gateway_signature()
+            now_gateway = self._gateway()
             if now_gateway != gateway:
                 gateway = now_gateway
                 changes.add("gateway")
+
+    def _gateway(self) -> Hashable:
+        """The gateway's status signature; a failing status callable is logged once and ignored
+        (the stream goes on with the other sources)."""
+        if self._gateway_broken:
+            return None
+        try:
+            return self.gateway_signature()
+        except Exception:  # task boundary: a broken status callable must not end every stream
+            logger.exception("gateway_status() failed; the page stops following the gateway's status")
+            self._gateway_broken = True
+            return None
 
     async def _poke_source(self, changes: _Changes, stop: anyio.CancelScope) -> None:
         while True:

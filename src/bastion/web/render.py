@@ -127,10 +127,10 @@ def _server_row(view: ServerView, links: Links, csrf: str, now: float) -> str:
 
 def _available_row(view: AvailableView, links: Links, csrf: str) -> str:
     oauth = "OAuth" if view.uses_oauth else "—"
+    title = f"<div class='title'>{escape(view.title)}</div>" if view.title else ""
     return (
         f"<tr id='available-{escape(view.name)}' data-server='{escape(view.name)}'>"
-        f"<td class='name'><strong>{escape(view.name)}</strong>"
-        f"{f'<div class=title>{escape(view.title)}</div>' if view.title else ''}</td>"
+        f"<td class='name'><strong>{escape(view.name)}</strong>{title}</td>"
         f"<td class='transport'>{escape(view.transport)}</td><td>{oauth}</td>"
         f"<td class='actions'>{_form(links, 'enable', view.name, 'Enable', csrf)}</td></tr>"
     )
