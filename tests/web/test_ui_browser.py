@@ -173,6 +173,7 @@ def stored_tokens(env: dict[str, str]) -> list[str]:
 
 
 def test_authorize_revoke_and_cli_changes_show_on_the_page(env: dict[str, str], ui_url: str) -> None:
+    assert Path(CHROMIUM).exists(), "the browser tests need Debian's chromium: apt-get install chromium (.ci/run does)"
     expect.set_options(timeout=WAIT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
