@@ -370,7 +370,16 @@ async def gateway_run(transport: str, host: str, port: int, servers: str | None)
 
     only = [s.strip() for s in servers.split(",") if s.strip()] if servers else None
     async with open_app() as app, Runtime(app, only=only) as runtime:
-        await run_gateway(runtime.gateway, transport, host, port)  # type: ignore[arg-type]
+
+        def with_ui(inner: Any, token: str | None) -> Any:
+            # The OAuth page at /ui, in front of the gateway's own middleware (it checks Host,
+            # Origin, CSRF and the same token itself, and also accepts the token as a cookie).
+            from bastion.web.app import create_ui_app, mount_ui
+
+            ui = create_ui_app(app, gateway_status=runtime.gateway.status, token=token, allowed_hosts=[host])
+            return mount_ui(inner, ui)
+
+        await run_gateway(runtime.gateway, transport, host, port, wrap=with_ui)  # type: ignore[arg-type]
 
 
 @cli.group()

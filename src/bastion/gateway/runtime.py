@@ -19,7 +19,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -31,6 +31,7 @@ import uvicorn
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS
+from starlette.types import ASGIApp
 
 from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
@@ -272,11 +273,21 @@ def bind_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve_http(gateway: Gateway, transport: Transport, sock: socket.socket, stop: anyio.Event) -> None:
+AppWrapper = Callable[[ASGIApp, str | None], ASGIApp]
+"""Wraps the gateway's HTTP app (given the listener's token, None on loopback) — e.g. to mount
+the OAuth page at /ui in front of it."""
+
+
+async def _serve_http(
+    gateway: Gateway, transport: Transport, sock: socket.socket, stop: anyio.Event, wrap: AppWrapper | None = None
+) -> None:
     host, port = sock.getsockname()[:2]
-    app = GatewaySecurityMiddleware(
-        http_app(gateway.server, gateway.pool), token=gateway_token(host), listen_host=host, listen_port=port
+    token = gateway_token(host)
+    app: ASGIApp = GatewaySecurityMiddleware(
+        http_app(gateway.server, gateway.pool), token=token, listen_host=host, listen_port=port
     )
+    if wrap is not None:
+        app = wrap(app, token)
     config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
     server = _Uvicorn(config)
     endpoint = "/sse" if transport == "sse" else "/mcp"
@@ -295,7 +306,14 @@ async def _serve_http(gateway: Gateway, transport: Transport, sock: socket.socke
             server.should_exit = True
 
 
-async def run_gateway(gateway: Gateway, transport: Transport, host: str = "127.0.0.1", port: int = 8811) -> None:
+async def run_gateway(
+    gateway: Gateway,
+    transport: Transport,
+    host: str = "127.0.0.1",
+    port: int = 8811,
+    *,
+    wrap: AppWrapper | None = None,
+) -> None:
     """Serve `gateway` on `transport` until cancelled, SIGTERM/SIGINT, or (stdio) end of input.
 
     Starts the gateway if it is not started yet, and then always stops it on the way out, so
@@ -304,11 +322,11 @@ async def run_gateway(gateway: Gateway, transport: Transport, host: str = "127.0
     sock = bind_listener(host, port) if transport != "stdio" else None
     try:
         if gateway.started:
-            await _serve(gateway, transport, sock)
+            await _serve(gateway, transport, sock, wrap)
         else:
             await gateway.start(wait=False)
             try:
-                await _serve(gateway, transport, sock)
+                await _serve(gateway, transport, sock, wrap)
             finally:
                 await gateway.aclose()
     finally:
@@ -316,7 +334,9 @@ async def run_gateway(gateway: Gateway, transport: Transport, host: str = "127.0
             sock.close()
 
 
-async def _serve(gateway: Gateway, transport: Transport, sock: socket.socket | None) -> None:
+async def _serve(
+    gateway: Gateway, transport: Transport, sock: socket.socket | None, wrap: AppWrapper | None = None
+) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
 
@@ -331,7 +351,7 @@ async def _serve(gateway: Gateway, transport: Transport, sock: socket.socket | N
         if sock is None:
             tg.start_soon(_serve_stdio, gateway, stop)
         else:
-            tg.start_soon(_serve_http, gateway, transport, sock, stop)
+            tg.start_soon(_serve_http, gateway, transport, sock, stop, wrap)
         await stop.wait()
         tg.cancel_scope.cancel()
 
