@@ -319,12 +319,12 @@ def secret() -> None:
 
 @secret.command("set")
 @click.argument("name")
-@click.option("--value", default=None, help="The value (default: read from stdin or prompt).")
+@click.option("--value", default=None, help="The value (default: all of stdin, e.g. a PEM key, or a prompt).")
 @run_async
 async def secret_set(name: str, value: str | None) -> None:
     """Set secret NAME."""
     if value is None:
-        value = sys.stdin.readline().rstrip("\n") if not sys.stdin.isatty() else click.prompt(name, hide_input=True)
+        value = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else click.prompt(name, hide_input=True)
     async with open_app() as app:
         await app.store.set_secret(name, value)
     click.echo(f"secret {name} set")
