@@ -95,6 +95,25 @@ def test_secrets_are_listed_by_name_only(runner: CliRunner) -> None:
     assert "api.key" not in runner.invoke(cli, ["secret", "ls"]).output
 
 
+def test_secret_from_stdin_keeps_every_line(runner: CliRunner, tmp_path: Path) -> None:
+    """A PEM private key (client credentials with private_key_jwt) is many lines; all are kept,
+    only the final newline is dropped."""
+    import asyncio
+
+    from bastion.service import Bastion
+
+    pem = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----"
+    result = runner.invoke(cli, ["secret", "set", "cc.key"], input=pem + "\n")
+    assert result.exit_code == 0, result.output
+    assert "MIGH" not in result.output
+
+    async def read() -> str | None:
+        async with Bastion.open(tmp_path) as app:
+            return await app.store.get_secret("cc.key")
+
+    assert asyncio.run(read()) == pem
+
+
 def test_unreachable_server_fails_with_a_clear_error(runner: CliRunner) -> None:
     runner.invoke(cli, ["server", "enable", "remote-a"])
     result = runner.invoke(cli, ["oauth", "authorize", "remote-a", "--no-browser", "--callback-port", "0"])
