@@ -63,7 +63,12 @@ class Runtime:
         self.only = list(only) if only else None
         self.watch = watch
         self.http = new_http_client()
-        self.tokens = TokenManager(app.store, self.http, refresh_margin=app.settings.gateway.refresh_margin)
+        self.tokens = TokenManager(
+            app.store,
+            self.http,
+            refresh_margin=app.settings.gateway.refresh_margin,
+            client_credentials=app.client_credentials,
+        )
         self.gateway = Gateway(
             select_entries(app, self.only),
             app.settings.gateway,

@@ -18,9 +18,10 @@ from bastion.config.catalog import Catalog, CatalogEntry, load_catalog
 from bastion.config.paths import bastion_home, ensure_home
 from bastion.config.registry import load_enabled, save_enabled
 from bastion.config.settings import Settings, load_settings, save_settings
-from bastion.errors import ConfigError, UnknownServerError
+from bastion.errors import AuthorizationError, ConfigError, UnknownServerError
 from bastion.oauth import flow
-from bastion.oauth.tokens import revoke
+from bastion.oauth.client_credentials import ClientCredentials
+from bastion.oauth.tokens import TokenManager, revoke
 from bastion.oauth.useragent import UserAgent
 from bastion.store.base import Store
 from bastion.store.factory import open_store
@@ -195,6 +196,8 @@ class Bastion:
     ) -> ProviderRecord:
         if name not in self.enabled():
             raise ConfigError(f"{name} is not enabled", hint=f"run `bastion server enable {name}` first")
+        if await self.client_credentials(name) is not None:
+            return await self._authorize_client_credentials(name, progress or (lambda _: None))
         options = self.flow_options(name, scopes)
         return await flow.authorize(
             self.http,
@@ -205,6 +208,43 @@ class Bastion:
             timeout=self.settings.oauth.callback_timeout if timeout is None else timeout,
             progress=progress or (lambda _: None),
         )
+
+    async def client_credentials(self, name: str) -> ClientCredentials | None:
+        """The client credentials of `name` (catalog `oauth.client_credentials`, secret from the
+        store), or None when it uses the authorization code flow. The token manager's lookup."""
+        if name not in self.catalog:
+            return None
+        entry = self.catalog.get(name)
+        spec = entry.oauth.client_credentials if entry.oauth is not None else None
+        if spec is None or entry.remote is None:
+            return None
+        jwt_auth = spec.token_endpoint_auth_method == "private_key_jwt"
+        secret_name = spec.private_key_secret if jwt_auth else spec.client_secret_secret
+        field = "private_key_secret" if jwt_auth else "client_secret_secret"
+        if not secret_name:
+            raise ConfigError(
+                f"{name}: oauth.client_credentials uses {spec.token_endpoint_auth_method} but names no {field}",
+                hint=f"add `{field}: SECRET_NAME` to the catalog entry and run `bastion secret set SECRET_NAME`",
+            )
+        secret = await self.store.get_secret(secret_name)
+        if not secret:
+            raise ConfigError(
+                f"{name}: the secret {secret_name!r} for its client credentials is not set",
+                hint=f"run `bastion secret set {secret_name}`",
+            )
+        return ClientCredentials(
+            server_url=entry.remote.url, spec=spec, secret=secret, transport=entry.remote.transport_type
+        )
+
+    async def _authorize_client_credentials(self, name: str, progress: flow.Progress) -> ProviderRecord:
+        progress(f"{name} uses client credentials: requesting a token (no browser)")
+        manager = TokenManager(self.store, self.http, client_credentials=self.client_credentials)
+        token = await manager.fresh_token(name)
+        record = await self.store.get(name)
+        if token is None or record is None:
+            said = record.last_error if record is not None and record.last_error else "no token was issued"
+            raise AuthorizationError(f"the client credentials grant for {name} failed: {said}")
+        return record
 
     async def revoke(self, name: str) -> list[str]:
         """Revoke at the authorization server (when it offers revocation), then delete the tokens

@@ -189,8 +189,11 @@ def select_resource(server_url: str, resource_metadata: ProtectedResourceMetadat
     return rfc8707.canonical_resource(server_url)
 
 
-async def discover(http: httpx2.AsyncClient, server_url: str, *, transport: str = "streamable-http") -> Discovery:
-    """Steps 1–5. Raises a `DiscoveryError` subclass that says what went wrong and what to do."""
+async def discover(
+    http: httpx2.AsyncClient, server_url: str, *, transport: str = "streamable-http", require_pkce: bool = True
+) -> Discovery:
+    """Steps 1–5. Raises a `DiscoveryError` subclass that says what went wrong and what to do.
+    `require_pkce=False` skips step 4, for grants without an authorization request (client credentials)."""
     challenges = await probe(http, server_url, transport=transport)
     challenge = rfc6750.bearer_challenge(challenges)
     header_url = challenge.resource_metadata if challenge is not None else None
@@ -216,7 +219,7 @@ async def discover(http: httpx2.AsyncClient, server_url: str, *, transport: str 
                 hint="the issuer serves neither RFC 8414 nor OpenID Connect discovery",
             )
         metadata = rfc8414.legacy_default_metadata(issuer)
-    else:
+    elif require_pkce:
         rfc8414.require_s256(metadata)
     _check_endpoints(metadata, server_url)
 

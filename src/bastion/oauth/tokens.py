@@ -9,6 +9,10 @@ Refresh, per RFC 6749 §6 with `resource` (RFC 8707):
 3. spend the refresh token; store the rotated token set with compare-and-set on the revision read;
 4. `invalid_grant` → the provider is `needs-authorization` (tokens dropped), and the error says
    to run `bastion oauth authorize NAME`.
+
+A server with client credentials (`client_credentials` lookup, see `client_credentials.py`)
+takes the same path under the same locks, but step 3 is a new client credentials grant: it has
+no refresh token and needs no authorization by a person. Scopes a step-up asked for are added.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from collections.abc import Callable
 
 import httpx2
 
-from bastion.errors import InvalidGrantError, NeedsAuthorizationError, StoreError, TokenError
-from bastion.oauth import rfc6749, rfc7009
+from bastion.errors import BastionError, InvalidGrantError, NeedsAuthorizationError, StoreError, TokenError
+from bastion.oauth import client_credentials, rfc6749, rfc7009
+from bastion.oauth.client_credentials import ClientCredentials, ClientCredentialsLookup
 from bastion.store.base import Store
 from bastion.store.models import ProviderRecord, TokenSet
 
@@ -74,8 +79,10 @@ class TokenManager:
         refresh_margin: float = 60.0,
         clock: Clock = time.time,
         lock_timeout: float = 30.0,
+        client_credentials: ClientCredentialsLookup | None = None,
     ) -> None:
         self._store = store
+        self._client_credentials = client_credentials
         self._http = http
         self._margin = refresh_margin
         self._clock = clock
@@ -171,8 +178,15 @@ class TokenManager:
                 return current.access_token if current is not None else None
 
     async def _refresh_locked(self, server: str, stale: str | None, *, force: bool) -> str | None:
+        try:
+            credentials = await self._client_credentials(server) if self._client_credentials is not None else None
+        except BastionError as exc:  # e.g. the secret it names is not set
+            logger.warning("%s: %s", server, exc)
+            return None
         async with self._store.lock(server, timeout=self._lock_timeout):
             record = await self._store.get(server)
+            if credentials is not None:
+                return await self._client_credentials_locked(server, record, credentials, stale, force=force)
             if record is None or record.tokens is None or record.needs_authorization:
                 self._remember(server, record)
                 return None
@@ -212,6 +226,48 @@ class TokenManager:
             self._cache[server] = new_tokens
             logger.info("refreshed the access token of %s", server)
             return new_tokens.access_token
+
+    async def _client_credentials_locked(
+        self,
+        server: str,
+        record: ProviderRecord | None,
+        credentials: ClientCredentials,
+        stale: str | None,
+        *,
+        force: bool,
+    ) -> str | None:
+        """Under the store lock: adopt a token another process obtained, else run the grant."""
+        now = self._clock()
+        tokens = record.tokens if record is not None and not record.needs_authorization else None
+        if tokens is not None and tokens.access_token != stale and (force or not tokens.expired(now, self._margin)):
+            self._cache[server] = tokens
+            return tokens.access_token
+        previous = record.tokens if record is not None else None
+        extra = record.requested_scopes if record is not None else []
+        record = record or ProviderRecord(server=server, resource_url=credentials.server_url)
+        try:
+            self.refresh_count += 1
+            new_tokens = await client_credentials.obtain(
+                self._http, credentials, previous=previous, extra_scopes=extra, now=now
+            )
+        except BastionError as exc:
+            # Retrying with a person in the loop would not help: the configuration or the server is wrong.
+            await self._store.put(record.model_copy(update={"tokens": None, "last_error": str(exc)}))
+            self._cache.pop(server, None)
+            logger.warning("%s: the client credentials grant failed: %s", server, exc)
+            return None
+        written = await self._store.compare_and_set(
+            record.model_copy(
+                update={"tokens": new_tokens, "needs_authorization": False, "requested_scopes": [], "last_error": None}
+            ),
+            record.revision,
+        )
+        if written is None:
+            logger.warning("client credentials token of %s raced a concurrent write; re-reading", server)
+            return self.cached_token(server) if await self.load(server) else None
+        self._cache[server] = new_tokens
+        logger.info("obtained an access token for %s with its client credentials", server)
+        return new_tokens.access_token
 
 
 async def revoke(http: httpx2.AsyncClient, record: ProviderRecord) -> list[str]:

@@ -34,6 +34,7 @@ class World:
     as_body: bytes | None = None
     as_issuer: str | None = None
     code_challenge_methods: list[str] = field(default_factory=lambda: ["S256"])
+    grant_types: list[str] = field(default_factory=lambda: ["authorization_code", "refresh_token"])
     registration_status: int = 201
     registration_error: dict[str, str] | None = None
     token_error: dict[str, str] | None = None
@@ -44,6 +45,7 @@ class World:
     requests: list[httpx2.Request] = field(default_factory=list)
     registrations: list[dict[str, Any]] = field(default_factory=list)
     token_forms: list[dict[str, str]] = field(default_factory=list)
+    token_headers: list[dict[str, str]] = field(default_factory=list)
     revoked: list[dict[str, str]] = field(default_factory=list)
     issued: list[str] = field(default_factory=list)
     codes: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -126,7 +128,7 @@ class World:
             "registration_endpoint": f"{self.issuer}/register",
             "revocation_endpoint": f"{self.issuer}/revoke",
             "response_types_supported": ["code"],
-            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "grant_types_supported": self.grant_types,
             "code_challenge_methods_supported": self.code_challenge_methods,
             "token_endpoint_auth_methods_supported": ["none", "client_secret_basic"],
             "scopes_supported": ["mcp:read", "mcp:write", "offline_access"],
@@ -136,6 +138,11 @@ class World:
     def _token(self, request: httpx2.Request) -> httpx2.Response:
         form = {k: v[0] for k, v in parse_qs(request.content.decode()).items()}
         self.token_forms.append(form)
+        self.token_headers.append(dict(request.headers))
+        if form.get("grant_type") == "client_credentials":
+            if self.token_error is not None:
+                return httpx2.Response(401, json=self.token_error)
+            return self._issue(form.get("scope", ""), refresh=False)
         if form.get("grant_type") == "refresh_token":
             if self.refresh_error is not None:
                 return httpx2.Response(400, json=self.refresh_error)
@@ -150,19 +157,17 @@ class World:
             return httpx2.Response(400, json={"error": "invalid_grant"})
         return self._issue(query.get("scope", ""))
 
-    def _issue(self, scope: str) -> httpx2.Response:
+    def _issue(self, scope: str, *, refresh: bool = True) -> httpx2.Response:
         access = f"at-{secrets.token_urlsafe(12)}"
-        refresh = f"rt-{secrets.token_urlsafe(12)}"
         self.issued.append(access)
-        self.refresh_tokens.add(refresh)
-        return httpx2.Response(
-            200,
-            json={
-                "access_token": access,
-                "token_type": "Bearer",
-                "expires_in": self.access_ttl,
-                "refresh_token": refresh,
-                "scope": scope,
-                "issued": time.time(),
-            },
-        )
+        body: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": self.access_ttl,
+            "scope": scope,
+            "issued": time.time(),
+        }
+        if refresh:
+            body["refresh_token"] = f"rt-{secrets.token_urlsafe(12)}"
+            self.refresh_tokens.add(body["refresh_token"])
+        return httpx2.Response(200, json=body)
