@@ -257,3 +257,59 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+async def test_servers_enabled_and_disabled_while_the_gateway_runs(
+    home: Home, everything_sse: peers.EverythingHandle
+) -> None:
+    """registry.yaml edits (by the CLI in another process) reach a running gateway: tools appear
+    and disappear, and a legacy SSE upstream (remote.transport_type: sse) works."""
+    home.write_catalog(
+        {
+            "time": {"type": "server", "command": peers.time_stdio_argv()},
+            "legacy-sse": {"type": "remote", "remote": {"url": everything_sse.url, "transport_type": "sse"}},
+        }
+    )
+    home.run("server", "enable", "time")
+    with GatewayProcess(home) as gateway:
+        async with http_client(gateway.url, mode="legacy") as client:
+            assert "time__get_current_time" in tool_names(await client.list_tools())
+            home.run("server", "enable", "legacy-sse")
+            with anyio.fail_after(20):
+                while "legacy-sse__echo" not in tool_names(await client.list_tools()):
+                    await anyio.sleep(0.2)
+            assert text_of(await client.call_tool("legacy-sse__echo", {"message": "sse"})) == "Echo: sse"
+            home.run("server", "disable", "time")
+            with anyio.fail_after(20):
+                while "time__get_current_time" in tool_names(await client.list_tools()):
+                    await anyio.sleep(0.2)
+        assert [u["name"] for u in gateway.health()["upstreams"]] == ["legacy-sse"]
+
+
+async def test_missing_secret_is_named_with_the_command_to_set_it(home: Home, tmp_path: Path) -> None:
+    script = tmp_path / "needs_secret.py"
+    script.write_text(
+        "import os, sys\n"
+        "from mcp.server.mcpserver import MCPServer\n"
+        "server = MCPServer('secretive')\n"
+        "@server.tool()\n"
+        "def key_length() -> int:\n"
+        "    return len(os.environ['API_KEY'])\n"
+        "server.run('stdio')\n"
+    )
+    home.write_catalog(
+        {
+            "secretive": {
+                "type": "server",
+                "command": [sys.executable, str(script)],
+                "secrets": [{"name": "secretive.key", "env": "API_KEY"}],
+            }
+        }
+    )
+    home.run("server", "enable", "secretive")
+    listed = home.run("tools", "ls", check=False)
+    assert "bastion secret set secretive.key" in listed.stderr
+    home.run("secret", "set", "secretive.key", "--value", "twelve-chars")
+    called = home.run("tools", "call", "secretive__key_length")
+    assert called.stdout.strip() == "12"
+    assert "twelve-chars" not in "".join(home.outputs)
