@@ -147,4 +147,4 @@ async def test_403_insufficient_scope_steps_up_with_the_challenged_scopes() -> N
 )
 def test_bearer_challenge_params(header: str, expected: dict[str, str]) -> None:
     """RFC 6750 §3: the Bearer challenge's auth-params, whatever other challenges surround it."""
-    assert bearer_challenge_params(header) == expected
+    assert bearer_challenge_params([header]) == expected

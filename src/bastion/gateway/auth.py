@@ -17,45 +17,20 @@ is ever copied to an upstream one. Token values never reach a log line or a mess
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncGenerator, Callable, Generator
 
 import httpx2
 
+from bastion.oauth import rfc6750
 from bastion.oauth.api import TokenProvider
 
 logger = logging.getLogger(__name__)
 
-_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
-# auth-param = token BWS "=" BWS ( token / quoted-string )   (RFC 9110 §11.2)
-_PARAM = re.compile(rf'[\s,]*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]*)')
-_SCHEME = re.compile(rf"[\s,]*({_TOKEN})(?=[\s,]|$)")
-
-
-def bearer_challenge_params(header: str) -> dict[str, str]:
-    """The auth-params of the `Bearer` challenge in a WWW-Authenticate value, lower-cased keys.
-
-    Minimal on purpose (only `error` and `scope` matter here, RFC 6750 §3);
-    `bastion.oauth.rfc6750` owns the full grammar. Empty when there is no Bearer challenge.
-    """
-    params: dict[str, str] = {}
-    in_bearer = False
-    pos = 0
-    while pos < len(header):
-        if (param := _PARAM.match(header, pos)) is not None:
-            if in_bearer:
-                key, raw = param.group(1).lower(), param.group(2)
-                value = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
-                params.setdefault(key, value)
-            pos = param.end()
-        elif (scheme := _SCHEME.match(header, pos)) is not None:
-            if in_bearer:
-                break
-            in_bearer = scheme.group(1).lower() == "bearer"
-            pos = scheme.end()
-        else:
-            pos += 1
-    return params
+def bearer_challenge_params(headers: list[str]) -> dict[str, str]:
+    """The auth-params of the `Bearer` challenge among WWW-Authenticate values (RFC 6750 §3),
+    lower-cased keys; empty when there is none. The grammar lives in `bastion.oauth.rfc6750`."""
+    challenge = rfc6750.bearer_challenge(rfc6750.parse_www_authenticate_headers(headers))
+    return dict(challenge.params) if challenge is not None else {}
 
 
 class UpstreamBearerAuth(httpx2.Auth):
@@ -101,7 +76,7 @@ class UpstreamBearerAuth(httpx2.Auth):
                 return
 
         if response.status_code == 403:
-            params = bearer_challenge_params(response.headers.get("www-authenticate", ""))
+            params = bearer_challenge_params(response.headers.get_list("www-authenticate"))
             if params.get("error") == "insufficient_scope":
                 scopes = params.get("scope", "").split()
                 await provider.step_up(server, scopes)
