@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import httpx2
@@ -124,50 +125,62 @@ async def _get_json(http: httpx2.AsyncClient, url: str) -> tuple[int, bytes]:
     return response.status_code, response.content
 
 
+M = TypeVar("M")
+
+
+async def _first_metadata(
+    http: httpx2.AsyncClient,
+    urls: Sequence[str],
+    server_url: str,
+    *,
+    what: str,
+    parse: Callable[[bytes, str], M],
+    validate: Callable[[M], None],
+) -> M | None:
+    """The first document among `urls` that answers 200, parsed and validated. 404s (and other
+    4xx) fall through to the next URL; 5xx answers are reported when nothing is found."""
+    failures: list[str] = []
+    for url in urls:
+        check_endpoint(url, server_url, what=what)
+        status, body = await _get_json(http, url)
+        if status == 200:
+            metadata = parse(body, url)
+            validate(metadata)
+            return metadata
+        if status >= 500:
+            failures.append(f"{_where(url)} answered {status}")
+        logger.debug("no %s at %s (%s)", what, _where(url), status)
+    if failures:
+        raise DiscoveryError(f"{what} unavailable: " + "; ".join(failures), hint="the server failed; try again later")
+    return None
+
+
 async def fetch_resource_metadata(
     http: httpx2.AsyncClient, server_url: str, header_url: str | None
 ) -> ProtectedResourceMetadata | None:
     """Step 2: the first protected resource metadata found, validated; None if there is none."""
-    failures: list[str] = []
-    for url in rfc9728.protected_resource_metadata_urls(server_url, header_url):
-        check_endpoint(url, server_url, what="resource_metadata")
-        status, body = await _get_json(http, url)
-        if status == 200:
-            metadata = rfc9728.parse_protected_resource_metadata(body, url)
-            rfc9728.validate_resource(metadata, server_url)
-            return metadata
-        if status >= 500:
-            failures.append(f"{_where(url)} answered {status}")
-        logger.debug("no protected resource metadata at %s (%s)", _where(url), status)
-    if failures:
-        raise DiscoveryError(
-            "protected resource metadata unavailable: " + "; ".join(failures),
-            hint="the server failed; try again later",
-        )
-    return None
+    return await _first_metadata(
+        http,
+        rfc9728.protected_resource_metadata_urls(server_url, header_url),
+        server_url,
+        what="protected resource metadata",
+        parse=rfc9728.parse_protected_resource_metadata,
+        validate=lambda metadata: rfc9728.validate_resource(metadata, server_url),
+    )
 
 
 async def fetch_authorization_server_metadata(
     http: httpx2.AsyncClient, issuer: str, server_url: str
 ) -> AuthorizationServerMetadata | None:
     """Step 3: the first authorization server metadata found, with `issuer` checked; None if none."""
-    failures: list[str] = []
-    for url in rfc8414.authorization_server_metadata_urls(issuer):
-        check_endpoint(url, server_url, what="authorization server metadata")
-        status, body = await _get_json(http, url)
-        if status == 200:
-            metadata = rfc8414.parse_authorization_server_metadata(body, url)
-            rfc8414.validate_issuer(metadata, issuer)
-            return metadata
-        if status >= 500:
-            failures.append(f"{_where(url)} answered {status}")
-        logger.debug("no authorization server metadata at %s (%s)", _where(url), status)
-    if failures:
-        raise DiscoveryError(
-            "authorization server metadata unavailable: " + "; ".join(failures),
-            hint="the authorization server failed; try again later",
-        )
-    return None
+    return await _first_metadata(
+        http,
+        rfc8414.authorization_server_metadata_urls(issuer),
+        server_url,
+        what="authorization server metadata",
+        parse=rfc8414.parse_authorization_server_metadata,
+        validate=lambda metadata: rfc8414.validate_issuer(metadata, issuer),
+    )
 
 
 def _check_endpoints(metadata: AuthorizationServerMetadata, server_url: str) -> None:
