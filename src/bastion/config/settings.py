@@ -1,7 +1,7 @@
 """`config.yaml`: settings and feature flags.
 
 features: {oauth-dcr: true}
-store: {backend: file | keyring | redis, url: redis://127.0.0.1:6379/0}
+store: {backend: file | keyring | redis, url: redis://127.0.0.1:6379/0, prefix: "bastion:"}
 oauth: {callback_port: 5175, callback_timeout: 300, client_id_metadata_document: https://...}
 gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60}
 """
@@ -30,6 +30,8 @@ class StoreSettings(BaseModel):
     backend: Literal["file", "keyring", "redis"] = "file"
     url: str | None = None
     """Redis URL for the redis backend."""
+    prefix: str | None = Field(None, min_length=1)
+    """Key prefix of the redis backend (default `bastion:`); BASTION_STORE_PREFIX overrides it."""
 
 
 class OAuthSettings(BaseModel):
@@ -81,11 +83,15 @@ def load_settings(home: Path) -> Settings:
     env_store = os.environ.get("BASTION_STORE")
     if env_store:
         if env_store.startswith(("redis://", "rediss://", "unix://")):
-            settings = settings.model_copy(update={"store": StoreSettings(backend="redis", url=env_store)})
+            store = StoreSettings(backend="redis", url=env_store, prefix=settings.store.prefix)
+            settings = settings.model_copy(update={"store": store})
         elif env_store in ("file", "keyring"):
             settings = settings.model_copy(update={"store": StoreSettings(backend=env_store)})
         else:
             raise ConfigError(f"BASTION_STORE={env_store!r}: expected file, keyring or a redis:// URL")
+    env_prefix = os.environ.get("BASTION_STORE_PREFIX")
+    if env_prefix:
+        settings = settings.model_copy(update={"store": settings.store.model_copy(update={"prefix": env_prefix})})
     return settings
 
 

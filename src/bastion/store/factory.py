@@ -15,7 +15,8 @@ from bastion.store.keyring_store import KeyringStore
 
 def open_store(settings: Settings, home: Path) -> Store:
     """file: `home/store`; keyring: the OS keyring, with locks and change markers in
-    `home/store`; redis: `settings.store.url`, encrypted with `BASTION_STORE_KEY` if set."""
+    `home/store`; redis: `settings.store.url` under `settings.store.prefix` (default `bastion:`),
+    encrypted with `BASTION_STORE_KEY`."""
     backend = settings.store.backend
     if backend == "file":
         return FileStore(home / "store")
@@ -35,5 +36,8 @@ def open_store(settings: Settings, home: Path) -> Store:
             f"the redis store backend is not available ({exc.msg})",
             hint="use `store: {backend: file}` in config.yaml, or install Bastion with redis support",
         ) from None
-    store: Store = redis_store.RedisStore.from_url(settings.store.url, key=os.environ.get("BASTION_STORE_KEY"))
+    options = {"prefix": settings.store.prefix} if settings.store.prefix else {}
+    store: Store = redis_store.RedisStore.from_url(
+        settings.store.url, key=os.environ.get("BASTION_STORE_KEY"), **options
+    )
     return store

@@ -98,3 +98,13 @@ def test_bastion_store_env_selects_redis(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("BASTION_STORE", "nonsense")
     with pytest.raises(ConfigError, match="BASTION_STORE"):
         load_settings(tmp_path)
+
+
+def test_store_prefix_from_config_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BASTION_STORE_PREFIX", raising=False)
+    (tmp_path / "config.yaml").write_text("store: {backend: file, prefix: 'team-a:'}\n")
+    monkeypatch.setenv("BASTION_STORE", "redis://127.0.0.1:6379/0")
+    settings = load_settings(tmp_path)  # BASTION_STORE replaces the backend and URL, not the prefix
+    assert (settings.store.backend, settings.store.prefix) == ("redis", "team-a:")
+    monkeypatch.setenv("BASTION_STORE_PREFIX", "team-b:")
+    assert load_settings(tmp_path).store.prefix == "team-b:"

@@ -38,3 +38,11 @@ def test_redis_without_its_module_is_a_config_error(tmp_path: Path, monkeypatch:
     with pytest.raises(ConfigError, match="redis store backend is not available") as info:
         open_store(settings, tmp_path)
     assert "hunter2" not in str(info.value)
+
+
+def test_redis_prefix_from_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BASTION_STORE_KEY", "00" * 32)
+    default = open_store(Settings(store=StoreSettings(backend="redis", url="redis://127.0.0.1:1/0")), tmp_path)
+    assert getattr(default, "prefix", None) == "bastion:"  # lazy: nothing is sent to Redis
+    settings = Settings(store=StoreSettings(backend="redis", url="redis://127.0.0.1:1/0", prefix="team-a:"))
+    assert getattr(open_store(settings, tmp_path), "prefix", None) == "team-a:"
