@@ -521,6 +521,29 @@ async def ui(host: str, port: int, open_browser: bool) -> None:
         await serve_ui(app, host=host, port=port, open_browser=open_browser)
 
 
+# --------------------------------------------------------------------------- demo (bastion.demo)
+
+
+@cli.command("demo")
+@click.option("--headless", is_flag=True, help="Authorize with a headless browser even when a real one is available.")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Use this BASTION_HOME (default: a temporary one, deleted afterwards).",
+)
+@run_async
+async def demo(headless: bool, home: str | None) -> None:
+    """Walk the whole flow on loopback: a demo OAuth-protected MCP server, enable, authorize, call a
+    tool through the gateway, refresh, revoke, disable; then stop everything."""
+    from pathlib import Path
+
+    from bastion.demo import run_demo  # lazy: keeps `bastion --help` fast
+
+    seconds = await run_demo(home=Path(home) if home else None, headless=headless)
+    click.echo(f"\nDemo complete in {seconds:.1f} s.")
+
+
 def main() -> None:
     cli(prog_name="bastion")
 
