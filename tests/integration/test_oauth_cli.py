@@ -6,11 +6,7 @@ headless user agent as $BROWSER."""
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +18,7 @@ from mcp.client.streamable_http import streamable_http_client
 from bastion.oauth.tokens import TokenManager
 from bastion.service import Bastion
 from tests.fixtures import peers
+from tests.integration.harness import Home
 
 pytestmark = pytest.mark.anyio
 
@@ -33,43 +30,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class Home:
-    """A temporary $BASTION_HOME and a way to run `bastion` in it."""
-
-    def __init__(self, path: Path, env: dict[str, str]) -> None:
-        self.path = path
-        self.env = env
-        self.outputs: list[str] = []
-
-    def run(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [sys.executable, "-m", "bastion", *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        self.outputs += [result.stdout, result.stderr]
-        if check and result.returncode != 0:
-            raise AssertionError(f"bastion {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-        return result
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args).stdout)
-
-    def write_catalog(self, entries: dict[str, Any]) -> None:
-        import yaml
-
-        (self.path / "catalog.yaml").write_text(yaml.safe_dump({"registry": entries}))
-
-
 @pytest.fixture
-def home(tmp_path: Path, headless_browser: Path) -> Iterator[Home]:
-    path = tmp_path / "home"
-    path.mkdir()
-    env = {**os.environ, "BASTION_HOME": str(path)}
-    env.pop("BASTION_STORE", None)
-    yield Home(path, env)
+def home(tmp_path: Path, headless_browser: Path) -> Home:
+    return Home(tmp_path / "home")
 
 
 def protected_entry(url: str) -> dict[str, Any]:
