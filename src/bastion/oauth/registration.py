@@ -50,6 +50,11 @@ def client_id_metadata_client(document_url: str, *, issuer: str, redirect_uri: s
     )
 
 
+MAX_REDIRECT_URIS = 4
+"""A new registration keeps up to this many redirect URIs of the one it replaces, so switching
+between the CLI's loopback callback and the web page's callback does not register every time."""
+
+
 async def register(
     http: httpx2.AsyncClient,
     discovery: Discovery,
@@ -57,8 +62,10 @@ async def register(
     server_name: str,
     redirect_uri: str,
     scopes: Sequence[str],
+    keep_redirect_uris: Sequence[str] = (),
 ) -> ClientRegistration:
     """RFC 7591 §3: POST the client metadata to the registration endpoint."""
+    redirect_uris = [redirect_uri, *[u for u in keep_redirect_uris if u != redirect_uri]][:MAX_REDIRECT_URIS]
     endpoint = discovery.metadata.registration_endpoint
     if not endpoint:
         raise RegistrationError(
@@ -67,7 +74,7 @@ async def register(
         )
     request = rfc7591.build_registration_request(
         server_name=server_name,
-        redirect_uris=[redirect_uri],
+        redirect_uris=redirect_uris,
         scopes=scopes,
         token_endpoint_auth_methods_supported=discovery.metadata.token_endpoint_auth_methods_supported,
     )
@@ -83,7 +90,7 @@ async def register(
             hint="check your network and try again",
         ) from None
     client = rfc7591.parse_registration_response(
-        response.status_code, response.content, issuer=discovery.issuer, redirect_uris=[redirect_uri]
+        response.status_code, response.content, issuer=discovery.issuer, redirect_uris=redirect_uris
     )
     logger.info("registered client for %s at %s", server_name, discovery.issuer)
     return client
@@ -122,4 +129,7 @@ async def ensure_client(
                 "--client-id ID [--client-secret SECRET]`, or `bastion feature enable oauth-dcr`"
             ),
         )
-    return await register(http, discovery, server_name=server_name, redirect_uri=redirect_uri, scopes=scopes)
+    keep = existing.redirect_uris if existing is not None and existing.issuer == discovery.issuer else []
+    return await register(
+        http, discovery, server_name=server_name, redirect_uri=redirect_uri, scopes=scopes, keep_redirect_uris=keep
+    )

@@ -233,3 +233,21 @@ async def test_debug_logs_never_contain_secrets(
     assert caplog.records  # debug logging was on and produced lines
     for secret in secrets:
         assert secret not in text
+
+
+async def test_a_new_redirect_uri_registers_once_keeping_the_old_one(world: World, store: FileStore) -> None:
+    """CLI (loopback port A) then another callback (port B): the second registration lists both,
+    so going back to A reuses it instead of registering a third time."""
+    await run(world, store, FakeBrowser(world))
+    first = await store.get("demo")
+    assert first is not None and first.client is not None
+    old_uri = first.client.redirect_uris[0]
+    await run(world, store, FakeBrowser(world))  # port 0 again: a new free port, a new redirect URI
+    second = await store.get("demo")
+    assert second is not None and second.client is not None
+    assert len(world.registrations) == 2
+    assert old_uri in second.client.redirect_uris and len(second.client.redirect_uris) == 2
+    old_port = urlsplit(old_uri).port
+    async with world.client() as http:
+        await flow.authorize(http, store, OPTIONS, FakeBrowser(world), callback_port=old_port or 0, timeout=10)
+    assert len(world.registrations) == 2
