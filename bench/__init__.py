@@ -1,0 +1,1 @@
+"""Bastion's benchmarks: `python -m bench [--quick]` (see bench/run.py)."""
