@@ -28,6 +28,7 @@ import watchfiles
 from bastion.config.catalog import CatalogEntry, load_catalog
 from bastion.errors import BastionError, ConfigError, StoreError
 from bastion.gateway.runtime import Gateway
+from bastion.gateway.upstream import UpstreamState
 from bastion.oauth.tokens import TokenManager
 from bastion.service import Bastion, new_http_client
 
@@ -105,16 +106,32 @@ class Runtime:
     async def on_credentials_changed(self, server: str | None) -> None:
         servers = [server] if server is not None else [h.name for h in self.gateway.status()]
         for name in servers:
-            before = self.tokens.cached_token(name)
+            before = self.tokens.cached(name)
             try:
                 await self.tokens.load(name)
             except StoreError as exc:
                 logger.warning("cannot reload credentials of %s: %s", name, exc)
                 continue
-            after = self.tokens.cached_token(name)
-            if before != after and name in {s.name for s in self.gateway.status()}:
-                logger.info("credentials of %s changed; reconnecting", name)
-                await self.gateway.reconnect(name)
+            after = self.tokens.cached(name)
+            state = next((s.state for s in self.gateway.status() if s.name == name), None)
+            if state is None:
+                continue
+            if before is None and after is None:
+                continue
+            if before is None or after is None:
+                pass  # authorized, or revoked / needs authorization now
+            elif before.access_token == after.access_token:
+                # Unchanged (e.g. a resync): reconnect only an upstream that gave up meanwhile
+                # (its token could not be refreshed while the store was unreachable).
+                if state is not UpstreamState.NEEDS_AUTHORIZATION:
+                    continue
+            elif state is UpstreamState.READY and set(before.scopes) == set(after.scopes):
+                # Refreshed by another gateway: requests read the Bearer from the cache, so the
+                # session goes on (a reconnect would fail the calls in flight on it).
+                logger.debug("credentials of %s refreshed elsewhere; using them", name)
+                continue
+            logger.info("credentials of %s changed; reconnecting", name)
+            await self.gateway.reconnect(name)
 
     async def _watch_store(self) -> None:
         while True:
