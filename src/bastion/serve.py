@@ -75,9 +75,21 @@ class Runtime:
             app.settings.gateway,
             token_provider=self.tokens,
             secret_lookup=app.store.get_secret,
+            store_status=self.store_status,
         )
         self._stack = AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
+
+    def store_status(self) -> dict[str, Any]:
+        """For /health: the backend, where it is (redis: HOST:PORT, never credentials), and
+        whether its last operation failed (the gateway then serves the tokens it holds)."""
+        store = self.app.store
+        status: dict[str, Any] = {"backend": self.app.settings.store.backend}
+        where = getattr(store, "where", None)
+        if isinstance(where, str):
+            status["where"] = where
+        status["degraded"] = bool(getattr(store, "degraded", False))
+        return status
 
     async def __aenter__(self) -> Runtime:
         try:

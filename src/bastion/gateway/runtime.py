@@ -39,7 +39,7 @@ from bastion.errors import GatewayError, NeedsAuthorizationError, UpstreamError
 from bastion.gateway.naming import SEPARATOR
 from bastion.gateway.pool import Pool
 from bastion.gateway.security import GatewaySecurityMiddleware, gateway_token
-from bastion.gateway.server import ChangeNotifier, GatewayServer, build_server, http_app
+from bastion.gateway.server import ChangeNotifier, GatewayServer, StoreStatus, build_server, http_app
 from bastion.gateway.upstream import SecretLookup, Upstream, UpstreamHandle, UpstreamState, UpstreamStatus
 from bastion.oauth.api import TokenProvider
 
@@ -61,8 +61,11 @@ class Gateway:
         settings: GatewaySettings,
         token_provider: TokenProvider | None = None,
         secret_lookup: SecretLookup | None = None,
+        store_status: StoreStatus | None = None,
     ) -> None:
         self.settings = settings
+        self.store_status = store_status
+        """Reported by /health (the store's backend and whether it is degraded)."""
         self._initial = list(entries)
         self._token_provider = token_provider
         self._secret_lookup = secret_lookup or _no_secrets
@@ -284,7 +287,7 @@ async def _serve_http(
     host, port = sock.getsockname()[:2]
     token = gateway_token(host)
     app: ASGIApp = GatewaySecurityMiddleware(
-        http_app(gateway.server, gateway.pool), token=token, listen_host=host, listen_port=port
+        http_app(gateway.server, gateway.pool, gateway.store_status), token=token, listen_host=host, listen_port=port
     )
     if wrap is not None:
         app = wrap(app, token)

@@ -16,6 +16,7 @@ List changes reach downstream clients two ways, one per protocol era:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -202,10 +203,14 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     return server
 
 
-def health_payload(pool: Pool) -> dict[str, Any]:
+StoreStatus = Callable[[], dict[str, Any]]
+"""The credential store's state for /health, e.g. `{"backend": "redis", "degraded": False}`."""
+
+
+def health_payload(pool: Pool, store_status: StoreStatus | None = None) -> dict[str, Any]:
     statuses = [pool.upstreams[name].status() for name in sorted(pool.upstreams)]
     ready = sum(1 for status in statuses if status.state is UpstreamState.READY)
-    return {
+    payload = {
         "status": "ok",
         "upstreams_ready": ready,
         "upstreams_total": len(statuses),
@@ -213,6 +218,10 @@ def health_payload(pool: Pool) -> dict[str, Any]:
         "collisions": list(pool.routes.collisions),
         "upstreams": [status.to_json() for status in statuses],
     }
+    if store_status is not None:
+        # A degraded store does not make the gateway unhealthy: it serves the tokens it holds.
+        payload["store"] = store_status()
+    return payload
 
 
 class _SseEndpoint:
@@ -227,7 +236,7 @@ class _SseEndpoint:
             await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
 
 
-def http_app(server: GatewayServer, pool: Pool) -> Starlette:
+def http_app(server: GatewayServer, pool: Pool, store_status: StoreStatus | None = None) -> Starlette:
     """Streamable HTTP at /mcp, legacy SSE at /sse (+ /messages/), and GET /health.
 
     Origin/Host/token checks are `GatewaySecurityMiddleware`'s job, wrapped around this app.
@@ -236,7 +245,7 @@ def http_app(server: GatewayServer, pool: Pool) -> Starlette:
     sse = SseServerTransport("/messages/")
 
     async def health(request: Request) -> Response:
-        return JSONResponse(health_payload(pool))
+        return JSONResponse(health_payload(pool, store_status))
 
     routes = [
         Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)),
