@@ -211,9 +211,20 @@ def _format_expiry(expires_at: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
 @run_async
 async def oauth_ls(as_json: bool) -> None:
-    """One row per OAuth provider: server, state, issuer, client id, scopes, expiry."""
+    """One row per OAuth provider: server, state, issuer, client id, scopes, expiry.
+
+    When the store is unreachable (Redis down), says so on stderr, prints no rows (`--json`: an
+    empty list) and exits 1: gateways go on serving the tokens they hold meanwhile."""
+    from bastion.errors import StoreUnavailable
+
     async with open_app() as app:
-        rows = await app.providers()
+        try:
+            rows = await app.providers()
+        except StoreUnavailable as exc:
+            click.echo(f"bastion: warning: the credential store is degraded: {exc}", err=True)
+            if as_json:
+                click.echo("[]")
+            sys.exit(1)
         if as_json:
             click.echo(json.dumps([r.as_json() for r in rows], indent=2))
             return
