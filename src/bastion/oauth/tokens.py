@@ -180,6 +180,8 @@ class TokenManager:
     async def _refresh_locked(self, server: str, stale: str | None, *, force: bool) -> str | None:
         try:
             credentials = await self._client_credentials(server) if self._client_credentials is not None else None
+        except StoreError:
+            raise  # the store is away: `_refresh` keeps serving the token held in memory
         except BastionError as exc:  # e.g. the secret it names is not set
             logger.warning("%s: %s", server, exc)
             return None
@@ -203,6 +205,7 @@ class TokenManager:
                 return tokens.access_token
             try:
                 self.refresh_count += 1
+                logger.info("refreshing the access token of %s (holding its store lock)", server)
                 new_tokens = await refresh_tokens(self._http, record, now=now)
             except InvalidGrantError as exc:
                 said = exc.error_description or "the refresh token was rejected"
