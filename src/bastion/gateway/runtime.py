@@ -264,7 +264,10 @@ class _NullContext:
 def bind_listener(host: str, port: int) -> socket.socket:
     """Bind the HTTP listener now, so a busy port is a clear error rather than uvicorn exiting."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio disables Nagle (TCP_NODELAY) only on sockets whose `proto`
+    # says TCP, and accepted connections inherit it. With 0, a response written in two pieces
+    # (headers, body) waits for the client's delayed ACK: ~40 ms per call (docs/benchmarks.md).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
