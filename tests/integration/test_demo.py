@@ -34,8 +34,10 @@ STEPS = [
     "reconnected demo",
     "with the new access token",
     "revoked at the authorization server",
-    "is needs-authorization",
+    "needs-authorization",
     "run `bastion oauth authorize demo`",
+    "the gateway reconnected demo: tools/list_changed, tools/list → demo__add, demo__hello",
+    "Hello, again!",
     "disabled demo",
     "demo MCP server and authorization server stopped",
     "deleted",
@@ -61,7 +63,7 @@ def demo_env(tmp_path: Path) -> dict[str, str]:
 def assert_demo_output(out: str, tmp_path: Path) -> None:
     for step in STEPS:
         assert step in out, f"missing {step!r} in:\n{out}"
-    assert [int(n) for n in re.findall(r"^\[(\d+)\]", out, re.M)] == list(range(1, 12))
+    assert [int(n) for n in re.findall(r"^\[(\d+)\]", out, re.M)] == list(range(1, 13))
     assert not LONG_OPAQUE.search(out), LONG_OPAQUE.search(out)
     for word in ("access_token", "refresh_token", "code=", "code_verifier", "client_secret"):
         assert word not in out
@@ -158,7 +160,8 @@ async def test_demo_prints_no_secret(
     captured = capsys.readouterr()
     output = captured.out + captured.err
     assert "disabled demo" in output and seconds > 0
-    # 2 token pairs (authorize, refresh), 1 client secret, 1 code, 1 verifier.
-    assert len([s for s in secrets if s]) == 7, len(secrets)
+    # 3 token pairs (authorize, refresh, authorize again), 1 client secret (one registration),
+    # 2 codes, 2 verifiers.
+    assert len([s for s in secrets if s]) == 11, len(secrets)
     for secret in secrets:
         assert secret and secret not in output

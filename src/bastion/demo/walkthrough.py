@@ -143,15 +143,16 @@ async def _gateway(runtime: Runtime) -> AsyncIterator[str]:
     async with anyio.create_task_group() as tg:
         tg.start_soon(run_gateway, runtime.gateway, "streamable-http", HOST, port)
         try:
+            ready = False
             async with httpx2.AsyncClient(timeout=2.0, trust_env=False) as http:
                 with anyio.move_on_after(WAIT):
-                    while True:
+                    while not ready:
                         try:
-                            if (await http.get(f"http://{HOST}:{port}/health")).status_code == 200:
-                                break
+                            ready = (await http.get(f"http://{HOST}:{port}/health")).status_code == 200
                         except httpx2.TransportError:
-                            pass
-                        await anyio.sleep(0.05)
+                            await anyio.sleep(0.05)
+            if not ready:
+                raise DemoError(f"the gateway did not answer on {url} within {WAIT:.0f} s")
             yield url
         finally:
             tg.cancel_scope.cancel()
@@ -249,21 +250,8 @@ async def _use(out: Narrator, peers: DemoServers, home: Path, isolated: bool, he
         use_browser = not headless and browser_available()
         how = "your browser" if use_browser else f"a headless browser ({'--headless' if headless else 'no display'})"
         out.begin(f"Authorize it: discovery, registration, PKCE, {how}", f"bastion oauth authorize {SERVER}")
-        agent: UserAgent = DemoBrowserUserAgent(out.say) if use_browser else HeadlessUserAgent(out.say)
-        record = await app.authorize(
-            SERVER,
-            agent,
-            callback_port=0,
-            timeout=120.0 if use_browser else WAIT * 2,
-            progress=out.say,
-        )
-        tokens = record.tokens
-        if tokens is None:
-            raise DemoError("authorize returned without tokens")
-        out.ok(
-            f"authorized {SERVER}: scopes {' '.join(tokens.scopes) or '-'}, access token for {ACCESS_TOKEN_TTL} s, "
-            f"refresh token {'kept' if tokens.refresh_token else 'not issued'} (all in the store, never shown)"
-        )
+        callback_port = _free_port()  # one redirect URI for both authorizations: one registration
+        await _authorize(out, app, use_browser, callback_port)
 
         # 5 -- oauth ls -----------------------------------------------------------------------------
         out.begin("The providers", "bastion oauth ls")
@@ -317,9 +305,12 @@ async def _use(out: Narrator, peers: DemoServers, home: Path, isolated: bool, he
         if peers.provider.counters.refreshes != refreshes + 1:
             raise DemoError("the authorization server saw no refresh")
         out.ok("refreshed: the authorization server issued a new access token and rotated the refresh token")
-        await changes.wait_beyond(seen, "the refresh")
-        out.ok(f"the gateway saw the store change and reconnected {SERVER} (tools/list_changed sent to the client)")
-        await _wait_for(lambda: _state(runtime) is UpstreamState.READY, f"{SERVER} ready again")
+        await _wait_for(lambda: runtime.tokens.cached_token(SERVER) == fresh, "the gateway picking up the new token")
+        await _wait_for(lambda: _state(runtime) is UpstreamState.READY, f"{SERVER} ready")
+        if changes.count > seen:
+            out.ok(f"the gateway saw the store change and reconnected {SERVER} (tools/list_changed sent)")
+        else:
+            out.ok(f"the gateway saw the store change and adopted the new token; the session to {SERVER} goes on")
         again = await client.call_tool(f"{SERVER}__add", {"a": 40, "b": 2})
         if again.is_error:
             raise DemoError(f"the call after the refresh failed: {_text(again)}")
@@ -338,7 +329,10 @@ async def _use(out: Narrator, peers: DemoServers, home: Path, isolated: bool, he
         await changes.wait_beyond(seen, "the revocation")
         await _wait_for(lambda: _state(runtime) is UpstreamState.NEEDS_AUTHORIZATION, f"{SERVER} needs-authorization")
         names = sorted(t.name for t in (await client.list_tools()).tools)
-        out.ok(f"the gateway noticed: {SERVER} is {_state(runtime)}, tools/list → {', '.join(names) or '(none)'}")
+        out.ok(
+            f"the gateway reconnected {SERVER} without a token: {_state(runtime)}; "
+            f"tools/list_changed, tools/list → {', '.join(names) or '(none)'}"
+        )
         try:
             refused = await client.call_tool(f"{SERVER}__hello", {"name": "world"})
             message = _text(refused) if refused.is_error else ""
@@ -348,7 +342,20 @@ async def _use(out: Narrator, peers: DemoServers, home: Path, isolated: bool, he
             raise DemoError(f"{SERVER}__hello still answers after the revocation")
         out.ok(f"tools/call {SERVER}__hello → error: {message}")
 
-        # 10 -- disable ---------------------------------------------------------------------------------------
+        # 10 -- authorize again: the gateway reconnects by itself ------------------------------------------------
+        out.begin("Authorize again; the running gateway reconnects by itself", f"bastion oauth authorize {SERVER}")
+        seen = changes.count
+        await _authorize(out, app, use_browser, callback_port)
+        await changes.wait_beyond(seen, "the new authorization")
+        await _wait_for(lambda: _state(runtime) is UpstreamState.READY, f"{SERVER} ready again")
+        names = sorted(t.name for t in (await client.list_tools()).tools)
+        out.ok(f"the gateway reconnected {SERVER}: tools/list_changed, tools/list → {', '.join(names)}")
+        hello = await client.call_tool(f"{SERVER}__hello", {"name": "again"})
+        if hello.is_error:
+            raise DemoError(f"{SERVER}__hello failed after authorizing again: {_text(hello)}")
+        out.ok(f'tools/call {SERVER}__hello {{"name": "again"}} → {_text(hello)}')
+
+        # 11 -- disable --------------------------------------------------------------------------------------
         out.begin("Disable it", f"bastion server disable {SERVER}")
         problems = (await app.disable([SERVER])).get(SERVER, [])
         for problem in problems:
@@ -363,6 +370,24 @@ async def _use(out: Narrator, peers: DemoServers, home: Path, isolated: bool, he
         out.begin("Clean up")
     # Leaving the stack stopped the client, the gateway and its runtime; run_demo stops the peers.
     out.ok("MCP client and gateway stopped")
+
+
+async def _authorize(out: Narrator, app: Bastion, use_browser: bool, callback_port: int) -> None:
+    agent: UserAgent = DemoBrowserUserAgent(out.say) if use_browser else HeadlessUserAgent(out.say)
+    record = await app.authorize(
+        SERVER,
+        agent,
+        callback_port=callback_port,
+        timeout=120.0 if use_browser else WAIT * 2,
+        progress=out.say,
+    )
+    tokens = record.tokens
+    if tokens is None:
+        raise DemoError("authorize returned without tokens")
+    out.ok(
+        f"authorized {SERVER}: scopes {' '.join(tokens.scopes) or '-'}, access token for {ACCESS_TOKEN_TTL} s, "
+        f"refresh token {'kept' if tokens.refresh_token else 'not issued'} (all in the store, never shown)"
+    )
 
 
 def _first_leaf(exc: BaseException) -> BaseException:
