@@ -174,6 +174,10 @@ class Runtime:
         def only_config(_: watchfiles.Change, path: str) -> bool:
             return Path(path).name in CONFIG_FILES
 
-        async for _changes in watchfiles.awatch(home, watch_filter=only_config, recursive=False, debounce=200):
+        # A short rust_timeout: cancelling awatch waits for its worker thread's current poll, and the
+        # default (5 s) would hold up every gateway shutdown by that much.
+        async for _changes in watchfiles.awatch(
+            home, watch_filter=only_config, recursive=False, debounce=200, rust_timeout=300
+        ):
             logger.info("configuration changed; applying")
             await self.reload_config()
