@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import anyio
 import httpx2
 
 from bastion.errors import AuthorizationError, InvalidGrantError, StateMismatchError, TokenError
@@ -226,6 +227,28 @@ async def forget_client(store: Store, server: str) -> None:
 
 OpenURL = Callable[[str], Awaitable[None] | None]
 
+REMINDER_EVERY = 30.0
+
+
+async def _wait_with_reminders(callback: LoopbackCallback, timeout: float, progress: Progress) -> dict[str, str]:
+    """Wait for the callback, saying every `REMINDER_EVERY` seconds how long is left."""
+    deadline = time.monotonic() + timeout
+
+    async def remind() -> None:
+        while True:
+            await anyio.sleep(REMINDER_EVERY)
+            left = deadline - time.monotonic()
+            if left > 1:
+                progress(f"Still waiting for the browser ({left:.0f}s left; Ctrl-C to give up)…")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(remind)
+        try:
+            params = await callback.wait(timeout)
+        finally:
+            tg.cancel_scope.cancel()
+    return params
+
 
 async def authorize(
     http: httpx2.AsyncClient,
@@ -244,7 +267,7 @@ async def authorize(
             pending = await begin(http, store, options, redirect_uri=callback.redirect_uri, progress=progress)
             user_agent.open(pending.url)
             progress(f"Waiting for the browser (up to {timeout:.0f}s)…")
-            params = await callback.wait(timeout)
+            params = await _wait_with_reminders(callback, timeout, progress)
         try:
             return await complete(http, store, pending, params)
         except TokenError as exc:

@@ -251,3 +251,16 @@ async def test_a_new_redirect_uri_registers_once_keeping_the_old_one(world: Worl
     async with world.client() as http:
         await flow.authorize(http, store, OPTIONS, FakeBrowser(world), callback_port=old_port or 0, timeout=10)
     assert len(world.registrations) == 2
+
+
+async def test_waiting_for_the_browser_reminds_how_long_is_left(
+    world: World, store: FileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flow, "REMINDER_EVERY", 0.2)
+    said: list[str] = []
+    with pytest.raises(CallbackTimeout):
+        async with world.client() as http:
+            await flow.authorize(
+                http, store, OPTIONS, SilentBrowser(), callback_port=0, timeout=1.0, progress=said.append
+            )
+    assert any("Still waiting for the browser" in line for line in said)
