@@ -17,10 +17,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import anyio
 import httpx2
 
-from bastion.errors import AuthorizationError, InvalidGrantError, StateMismatchError, TokenError
+from bastion.errors import AuthorizationError, CallbackTimeout, InvalidGrantError, StateMismatchError, TokenError
 from bastion.oauth import rfc6749, rfc7636, rfc9207
 from bastion.oauth.callback import LoopbackCallback
 from bastion.oauth.discovery import Discovery, discover, select_scopes
@@ -233,21 +232,18 @@ REMINDER_EVERY = 30.0
 async def _wait_with_reminders(callback: LoopbackCallback, timeout: float, progress: Progress) -> dict[str, str]:
     """Wait for the callback, saying every `REMINDER_EVERY` seconds how long is left."""
     deadline = time.monotonic() + timeout
-
-    async def remind() -> None:
-        while True:
-            await anyio.sleep(REMINDER_EVERY)
-            left = deadline - time.monotonic()
-            if left > 1:
-                progress(f"Still waiting for the browser ({left:.0f}s left; Ctrl-C to give up)…")
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(remind)
+    while True:
+        left = deadline - time.monotonic()
         try:
-            params = await callback.wait(timeout)
-        finally:
-            tg.cancel_scope.cancel()
-    return params
+            return await callback.wait(min(REMINDER_EVERY, max(left, 0.0)))
+        except CallbackTimeout:
+            left = deadline - time.monotonic()
+            if left <= 0.05:
+                raise CallbackTimeout(
+                    f"no authorization callback within {timeout:.0f} seconds",
+                    hint="finish the login in the browser sooner, or run the command again",
+                ) from None
+            progress(f"Still waiting for the browser ({left:.0f}s left; Ctrl-C to give up)…")
 
 
 async def authorize(
