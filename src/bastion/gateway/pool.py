@@ -21,7 +21,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, SERVER_INFO_META_KEY
 
 from bastion.gateway.naming import SEPARATOR, exposed_name
-from bastion.gateway.upstream import Upstream, UpstreamState
+from bastion.gateway.upstream import Listing, Upstream, UpstreamState
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +85,47 @@ class Routes:
         )
 
 
-def build_routes(upstreams: Iterable[Upstream]) -> Routes:
+@dataclass(frozen=True, slots=True)
+class _Exposed:
+    """One upstream's listing as the gateway exposes it, computed once per listing: the pydantic
+    dumps and renames are the expensive part of a rebuild, and a rebuild runs on every state
+    change of every upstream (100 upstreams starting = hundreds of rebuilds)."""
+
+    listing: Listing
+    tools: tuple[tuple[str, Route, dict[str, Any]], ...]
+    prompts: tuple[tuple[str, Route, dict[str, Any]], ...]
+    resources: tuple[tuple[str, Route, dict[str, Any]], ...]
+    templates: tuple[tuple[str, dict[str, Any]], ...]
+
+
+def _expose(server: str, listing: Listing) -> _Exposed:
+    tools = tuple(
+        (name, Route(server, tool.name), {**_dump(tool), "name": name})
+        for tool in listing.tools
+        for name in (exposed_name(server, tool.name),)
+    )
+    prompts = tuple(
+        (name, Route(server, prompt.name), {**_dump(prompt), "name": name})
+        for prompt in listing.prompts
+        for name in (exposed_name(server, prompt.name),)
+    )
+    resources = tuple(
+        (uri, Route(server, uri), _dump(resource)) for resource in listing.resources for uri in (str(resource.uri),)
+    )
+    templates = tuple((template.uri_template, _dump(template)) for template in listing.resource_templates)
+    return _Exposed(listing, tools, prompts, resources, templates)
+
+
+def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | None = None) -> Routes:
     """Aggregate the listings of the ready upstreams, in server-name order.
 
     Exposed tool and prompt names cannot collide by construction (see naming.py); resource URIs
     are not renamed, so two servers may claim one: the first server (by name) serves it and the
     clash is logged and reported in `collisions`, never shadowed silently.
+
+    `cache` (server name -> exposed listing) carries the per-listing work across rebuilds.
     """
+    cache = {} if cache is None else cache
     tools: dict[str, Route] = {}
     prompts: dict[str, Route] = {}
     resources: dict[str, Route] = {}
@@ -111,29 +145,28 @@ def build_routes(upstreams: Iterable[Upstream]) -> Routes:
         if upstream.state is not UpstreamState.READY:
             continue
         server, listing = upstream.name, upstream.listing
-        for tool in listing.tools:
-            exposed = exposed_name(server, tool.name)
-            if (existing := tools.get(exposed)) is not None:
-                clash("tool", exposed, existing.server, server)
+        exposed = cache.get(server)
+        if exposed is None or exposed.listing is not listing:
+            exposed = cache[server] = _expose(server, listing)
+        for name, route, wire in exposed.tools:
+            if (existing := tools.get(name)) is not None:
+                clash("tool", name, existing.server, server)
                 continue
-            tools[exposed] = Route(server, tool.name)
-            tools_wire.append({**_dump(tool), "name": exposed})
-        for prompt in listing.prompts:
-            exposed = exposed_name(server, prompt.name)
-            if (existing := prompts.get(exposed)) is not None:
-                clash("prompt", exposed, existing.server, server)
+            tools[name] = route
+            tools_wire.append(wire)
+        for name, route, wire in exposed.prompts:
+            if (existing := prompts.get(name)) is not None:
+                clash("prompt", name, existing.server, server)
                 continue
-            prompts[exposed] = Route(server, prompt.name)
-            prompts_wire.append({**_dump(prompt), "name": exposed})
-        for resource in listing.resources:
-            uri = str(resource.uri)
+            prompts[name] = route
+            prompts_wire.append(wire)
+        for uri, route, wire in exposed.resources:
             if (existing := resources.get(uri)) is not None:
                 clash("resource", uri, existing.server, server)
                 continue
-            resources[uri] = Route(server, uri)
-            resources_wire.append(_dump(resource))
-        for resource_template in listing.resource_templates:
-            raw = resource_template.uri_template
+            resources[uri] = route
+            resources_wire.append(wire)
+        for raw, wire in exposed.templates:
             if any(route.name == raw for _, route in templates):
                 first = next(route.server for _, route in templates if route.name == raw)
                 clash("resource template", raw, first, server)
@@ -144,7 +177,7 @@ def build_routes(upstreams: Iterable[Upstream]) -> Routes:
                 logger.warning("server %r: resource template %r is invalid; skipped", server, raw)
                 continue
             templates.append((parsed, Route(server, raw)))
-            templates_wire.append(_dump(resource_template))
+            templates_wire.append(wire)
 
     return Routes(
         tools=tools,
@@ -166,10 +199,14 @@ class Pool:
         self.upstreams: dict[str, Upstream] = {}
         self.routes = Routes()
         self._on_routes_changed = on_routes_changed
+        self._exposed: dict[str, _Exposed] = {}
 
     def rebuild(self) -> None:
-        """Recompute the snapshot; report which lists changed. Cheap enough to run on every state change."""
-        new = build_routes(self.upstreams.values())
+        """Recompute the snapshot; report which lists changed. Cheap enough to run on every state change
+        (each upstream's listing is dumped and renamed once, see `_Exposed`)."""
+        for gone in self._exposed.keys() - self.upstreams.keys():
+            del self._exposed[gone]
+        new = build_routes(self.upstreams.values(), self._exposed)
         changes = new.diff(self.routes)
         self.routes = new
         if changes:
