@@ -71,11 +71,12 @@ class Config:
     quick: bool
     rounds: int = 3
     warmup: int = 50
+    warmup_seconds: float = 0.5
     calls: int = 1000
-    seconds: float = 2.5
+    seconds: float = 1.5
     modes: tuple[str, ...] = ("legacy", "auto")
     tp_clients: tuple[int, ...] = (1, 8, 32, 128)
-    tp_seconds: float = 2.5
+    tp_seconds: float = 1.5
     tp_rounds: int = 2
     scale: tuple[int, ...] = (1, 10, 100)
     tools_per_server: int = 50
@@ -94,6 +95,7 @@ class Config:
             quick=True,
             rounds=1,
             warmup=5,
+            warmup_seconds=0.2,
             calls=30,
             seconds=0.5,
             modes=("auto",),
@@ -353,7 +355,7 @@ class Bench:
             binary = str(proxy.bin("mcp-proxy"))
             proc = Proc(
                 "mcp-proxy-http",
-                [binary, "--host", "127.0.0.1", "--port", str(port), "--", PY, ECHO],
+                [binary, "--log-level", "WARNING", "--host", "127.0.0.1", "--port", str(port), "--", PY, ECHO],
                 self.logs,
             )
             wait_port(port, proc)
@@ -373,11 +375,11 @@ class Bench:
                 LatencyPath(
                     "mcp-proxy-stdio-http",
                     "mcp-proxy, stdio front → HTTP",
-                    stdio_connect([binary, "--transport", "streamablehttp", echo_url]),
+                    stdio_connect([binary, "--log-level", "WARNING", "--transport", "streamablehttp", echo_url]),
                     "echo",
                     "http",
                     "alternative",
-                    lambda: find_child("mcp-proxy --transport streamablehttp"),
+                    lambda: find_child("--transport streamablehttp"),
                     modes=("legacy",),
                 )
             )
@@ -391,8 +393,11 @@ class Bench:
             await checked_call(client, path.tool)
             pid = path.cpu_pid()
             version = client.session.protocol_version
+            warm_until = time.perf_counter() + cfg.warmup_seconds
             for _ in range(cfg.warmup):
                 await checked_call(client, path.tool)
+                if time.perf_counter() > warm_until:
+                    break
             cpu0 = cpu_seconds(pid) if pid else math.nan
             samples = await call_latencies(client, path.tool, warmup=0, calls=cfg.calls, seconds=cfg.seconds)
             cpu1 = cpu_seconds(pid) if pid else math.nan
@@ -759,10 +764,13 @@ class Bench:
         async with path.connect(mode) as client:
             pid = path.cpu_pid()
             version = client.session.protocol_version
+            warm_until = time.perf_counter() + cfg.warmup_seconds
             for _ in range(cfg.warmup):
                 r = await client.call_tool(path.tool, {"text": "hello"})
                 if r.is_error:
                     raise BenchError(f"{path.tool}: {r.content}")
+                if time.perf_counter() > warm_until:
+                    break
             cpu0 = cpu_seconds(pid) if pid else math.nan
             samples = await call_latencies(client, path.tool, warmup=0, calls=cfg.calls, seconds=cfg.seconds)
             cpu1 = cpu_seconds(pid) if pid else math.nan
@@ -788,9 +796,8 @@ class Bench:
             "PATH": f"{shim}:{os.environ.get('PATH', '')}",
             "MCP_REMOTE_CONFIG_DIR": str(self.work / "mcp-remote-auth"),
         }
-        binary = str(remote.bin("mcp-remote") if (remote.path / "bin").exists() else "")
         binary = str(envs.NPM_DIR / "node_modules" / ".bin" / "mcp-remote")
-        argv = [binary, url, "--allow-http", "--transport", "http-only"]
+        argv = [binary, url, "--allow-http", "--transport", "http-only", "--silent"]
         path = LatencyPath(
             "mcp-remote",
             f"mcp-remote {envs.MCP_REMOTE.split('@')[1]}, stdio front",
