@@ -152,7 +152,9 @@ async def test_seed_flow_enable_authorize_call_expire_revoke_disable(
 async def test_concurrent_calls_across_expiry_refresh_once(
     home: Home, oidc_factory: Any, protected_mcp_factory: Any
 ) -> None:
-    oidc = oidc_factory(access_token_ttl=3)
+    # 8 s tokens: the 200 calls (1–3 s under load) all fall within one token's lifetime, so
+    # exactly one refresh is right; a longer burst would legitimately need a second one.
+    oidc = oidc_factory(access_token_ttl=8)
     protected = protected_mcp_factory(oidc.issuer)
     home.write_catalog({"protected": protected_entry(protected.url)})
     home.write_config({"gateway": {"refresh_margin": 1}})
@@ -161,7 +163,7 @@ async def test_concurrent_calls_across_expiry_refresh_once(
     with GatewayProcess(home) as gateway:
         async with http_client(gateway.url) as client:
             assert not (await client.call_tool("protected__echo", {"text": "warm"})).is_error
-            await anyio.sleep(3.2)
+            await anyio.sleep(8.2)
             before = refreshes(oidc)
             results: list[Any] = []
 
@@ -186,7 +188,9 @@ async def test_faults_do_not_spread(home: Home, node_deps: None) -> None:
             "silent": {"type": "server", "command": [sys.executable, SILENT]},
         }
     )
-    home.write_config({"gateway": {"connect_timeout": 3, "request_timeout": 3}})
+    # connect_timeout leaves node room to start on a loaded machine; the silent server still
+    # times out on its first request.
+    home.write_config({"gateway": {"connect_timeout": 10, "request_timeout": 3}})
     home.run("server", "enable", "everything", "time", "down", "silent")
     with GatewayProcess(home) as gateway:
         health = gateway.wait_health(lambda h: {u["name"]: u["state"] for u in h["upstreams"]}.get("time") == "ready")
