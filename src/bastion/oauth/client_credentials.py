@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx2
-import jwt
 
 from bastion.config.catalog import ClientCredentialsSpec
 from bastion.errors import RegistrationError, TokenError
@@ -62,6 +61,8 @@ def client_assertion(credentials: ClientCredentials, audience: str, *, now: floa
         "exp": int(now) + ASSERTION_LIFETIME,
         "jti": secrets.token_urlsafe(16),
     }
+    import jwt  # lazy: PyJWT + cryptography cost ~80 ms at start, and only private_key_jwt needs them
+
     try:
         return jwt.encode(claims, credentials.secret, algorithm=spec.signing_alg)
     except (jwt.exceptions.PyJWTError, ValueError, TypeError) as exc:

@@ -10,7 +10,6 @@ from bastion.config.settings import Settings
 from bastion.errors import ConfigError
 from bastion.store.base import Store
 from bastion.store.file import FileStore
-from bastion.store.keyring_store import KeyringStore
 
 
 def open_store(settings: Settings, home: Path) -> Store:
@@ -21,6 +20,9 @@ def open_store(settings: Settings, home: Path) -> Store:
     if backend == "file":
         return FileStore(home / "store")
     if backend == "keyring":
+        # Lazy: importing `keyring` costs ~60 ms of every CLI start otherwise.
+        from bastion.store.keyring_store import KeyringStore
+
         return KeyringStore(state_dir=home / "store")
     if not settings.store.url:
         raise ConfigError(
