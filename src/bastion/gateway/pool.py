@@ -44,6 +44,11 @@ class Changes:
         return self.tools or self.prompts or self.resources
 
 
+LIST_ENVELOPE: dict[str, Any] = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private"}
+"""Listings change whenever an upstream does: never fresh for long, never shared across callers.
+(Required fields on the 2026-07-28 wire; sieved out for handshake-era clients.)"""
+
+
 def _dump(model: types.Tool | types.Prompt | types.Resource | types.ResourceTemplate) -> dict[str, Any]:
     return model.model_dump(by_alias=True, mode="json", exclude_none=True)
 
@@ -240,6 +245,30 @@ class Pool:
         upstream, original = self.upstream_for_tool(params.name)
         request = types.CallToolRequest(params=params.model_copy(update={"name": original, "meta": None}))
         return _own_result(await upstream.send(request, progress=progress))
+
+    # -- the lean path's entry points (lean.py): wire params in, the gateway's result dict out -----
+
+    async def call_tool_raw(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
+        """`call_tool` for already-validated wire params (no `_meta`, no progress)."""
+        upstream, original = self.upstream_for_tool(name)
+        params: dict[str, Any] = {"name": original}
+        if arguments is not None:
+            params["arguments"] = arguments
+        if upstream.can_send_raw():
+            return _own_result(await upstream.send_raw("tools/call", params))
+        request = types.CallToolRequest(params=types.CallToolRequestParams(name=original, arguments=arguments))
+        return _own_result(await upstream.send(request))
+
+    async def read_resource_raw(self, uri: str) -> dict[str, Any]:
+        """`read_resource` for an already-validated URI (no `_meta`, no progress)."""
+        route = self.routes.resource_route(uri)
+        if route is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown resource {uri!r}")
+        upstream = self._upstream(route)
+        if upstream.can_send_raw():
+            return _own_result(await upstream.send_raw("resources/read", {"uri": uri}))
+        request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=uri))
+        return _own_result(await upstream.send(request))
 
     async def get_prompt(
         self, params: types.GetPromptRequestParams, progress: ProgressFnT | None = None

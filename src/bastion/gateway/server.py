@@ -43,7 +43,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from bastion.gateway.pool import Changes, Pool
+from bastion.gateway.lean import LeanPath
+from bastion.gateway.pool import LIST_ENVELOPE, Changes, Pool
 from bastion.gateway.upstream import UpstreamState
 
 logger = logging.getLogger(__name__)
@@ -51,9 +52,6 @@ logger = logging.getLogger(__name__)
 SERVER_NAME = "bastion"
 _ALL_CHANGES = NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
 _SESSION_BACKLOG = 16
-_LIST_ENVELOPE: dict[str, Any] = {"resultType": "complete", "ttlMs": 0, "cacheScope": "private"}
-"""Listings change whenever an upstream does: never fresh for long, never shared across callers.
-(Required fields on the 2026-07-28 wire; sieved out for handshake-era clients.)"""
 
 
 class ChangeNotifier:
@@ -154,13 +152,13 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     """The downstream MCP server: every handler reads `pool.routes` and forwards."""
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
-        return {**_LIST_ENVELOPE, "tools": list(pool.routes.tools_wire)}
+        return {**LIST_ENVELOPE, "tools": list(pool.routes.tools_wire)}
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
         return await pool.call_tool(params, _progress(ctx))
 
     async def list_prompts(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
-        return {**_LIST_ENVELOPE, "prompts": list(pool.routes.prompts_wire)}
+        return {**LIST_ENVELOPE, "prompts": list(pool.routes.prompts_wire)}
 
     async def get_prompt(ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> dict[str, Any]:
         return await pool.get_prompt(params, _progress(ctx))
@@ -168,12 +166,12 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     async def list_resources(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
     ) -> dict[str, Any]:
-        return {**_LIST_ENVELOPE, "resources": list(pool.routes.resources_wire)}
+        return {**LIST_ENVELOPE, "resources": list(pool.routes.resources_wire)}
 
     async def list_resource_templates(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
     ) -> dict[str, Any]:
-        return {**_LIST_ENVELOPE, "resourceTemplates": list(pool.routes.templates_wire)}
+        return {**LIST_ENVELOPE, "resourceTemplates": list(pool.routes.templates_wire)}
 
     async def read_resource(
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams
@@ -236,10 +234,13 @@ class _SseEndpoint:
             await self._server.run(read_stream, write_stream, self._server.create_initialization_options())
 
 
-def http_app(server: GatewayServer, pool: Pool, store_status: StoreStatus | None = None) -> Starlette:
+def http_app(
+    server: GatewayServer, pool: Pool, store_status: StoreStatus | None = None, *, lean: bool | None = None
+) -> Starlette:
     """Streamable HTTP at /mcp, legacy SSE at /sse (+ /messages/), and GET /health.
 
     Origin/Host/token checks are `GatewaySecurityMiddleware`'s job, wrapped around this app.
+    `/mcp` goes through `LeanPath` (lean.py), on unless `lean=False` or `BASTION_LEAN_PATH=0`.
     """
     manager = StreamableHTTPSessionManager(app=server)
     sse = SseServerTransport("/messages/")
@@ -248,7 +249,7 @@ def http_app(server: GatewayServer, pool: Pool, store_status: StoreStatus | None
         return JSONResponse(health_payload(pool, store_status))
 
     routes = [
-        Route("/mcp", endpoint=StreamableHTTPASGIApp(manager)),
+        Route("/mcp", endpoint=LeanPath(StreamableHTTPASGIApp(manager), manager, server, pool, enabled=lean)),
         Route("/sse", endpoint=_SseEndpoint(server, sse), methods=["GET"]),
         Mount("/messages/", app=sse.handle_post_message),
         Route("/health", endpoint=health, methods=["GET"]),

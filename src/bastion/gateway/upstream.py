@@ -34,8 +34,9 @@ from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._stream_protocols import ReadStream
-from mcp.shared.dispatcher import ProgressFnT
+from mcp.shared.dispatcher import CallOptions, Dispatcher, ProgressFnT
 from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
 from mcp.shared.message import SessionMessage
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
@@ -552,24 +553,81 @@ class Upstream:
             result: dict[str, Any] = await session.send_request(request, _RAW_RESULT, progress_callback=progress)
             return result
         except MCPError as exc:
-            if self._auth_problem is not None:
-                raise MCPError(
-                    code=INTERNAL_ERROR,
-                    message=f"server {self.name!r} needs authorization: run `bastion oauth authorize {self.name}`",
-                ) from None
-            if exc.code == REQUEST_TIMEOUT:
-                raise MCPError(
-                    code=REQUEST_TIMEOUT,
-                    message=f"server {self.name!r} did not answer {request.method} within {self._request_timeout:g}s",
-                ) from None
-            if exc.code == CONNECTION_CLOSED or exc.error.message == "Session terminated":
-                self._drop_session(session)
-                self._stop.set()
-                raise MCPError(
-                    code=CONNECTION_CLOSED,
-                    message=f"server {self.name!r} closed the connection; reconnecting",
-                ) from None
-            raise
+            raise self._forwarding_error(session, exc, request.method) from None
+
+    def can_send_raw(self) -> bool:
+        """Whether `send_raw` can use the held session's raw channel (see there)."""
+        session = self._session
+        return session is not None and _raw_channel(session) is not None
+
+    async def send_raw(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Forward one request, given as its wire params, over the held session without the typed layer.
+
+        The lean path (lean.py) uses this for `tools/call` and `resources/read`: the params are
+        the wire dict, stamped by the session exactly as `ClientSession.send_request` stamps them
+        (protocol-version/method/name headers, the 2026-07-28 `_meta` envelope, `Mcp-Param-*`),
+        and sent with the dispatcher's `send_raw_request` — same request ids, timeout, cancellation
+        (abandoning the call cancels it upstream) and transport (so `UpstreamBearerAuth` still
+        handles 401/refresh/step-up) — but the result is the wire dict as received: no request
+        model dump, no per-version result validation, no `TypeAdapter` pass. The downstream side
+        sieves the result for its own client anyway. Errors are the same as `send`'s.
+        """
+        session = self._session
+        if session is None:
+            raise MCPError(code=INTERNAL_ERROR, message=self.unavailable_message())
+        channel = _raw_channel(session)
+        if channel is None:  # pragma: no cover - guarded by can_send_raw()
+            raise MCPError(code=INTERNAL_ERROR, message=self.unavailable_message())
+        stamp, dispatcher = channel
+        data: dict[str, Any] = {"method": method, "params": params}
+        opts: CallOptions = {}
+        stamp(data, opts)
+        headers = opts.setdefault("headers", {})
+        name_key = NAME_BEARING_METHODS.get(method)
+        if name_key is not None and MCP_NAME_HEADER not in headers:
+            name = params.get(name_key)
+            if isinstance(name, str):
+                headers[MCP_NAME_HEADER] = encode_header_value(name)
+        opts["timeout"] = self._request_timeout
+        try:
+            return await dispatcher.send_raw_request(method, data["params"], opts)
+        except MCPError as exc:
+            raise self._forwarding_error(session, exc, method) from None
+
+    def _forwarding_error(self, session: ClientSession, exc: MCPError, method: str) -> MCPError:
+        """The error a forwarded request fails with: the upstream's own JSON-RPC errors unchanged,
+        else what happened to the server (needs authorization, timed out, went away)."""
+        if self._auth_problem is not None:
+            return MCPError(
+                code=INTERNAL_ERROR,
+                message=f"server {self.name!r} needs authorization: run `bastion oauth authorize {self.name}`",
+            )
+        if exc.code == REQUEST_TIMEOUT:
+            return MCPError(
+                code=REQUEST_TIMEOUT,
+                message=f"server {self.name!r} did not answer {method} within {self._request_timeout:g}s",
+            )
+        if exc.code == CONNECTION_CLOSED or exc.error.message == "Session terminated":
+            self._drop_session(session)
+            self._stop.set()
+            return MCPError(
+                code=CONNECTION_CLOSED,
+                message=f"server {self.name!r} closed the connection; reconnecting",
+            )
+        return exc
+
+
+_StampFn = Callable[[dict[str, Any], CallOptions], None]
+
+
+def _raw_channel(session: ClientSession) -> tuple[_StampFn, Dispatcher[Any]] | None:
+    """The session's request stamp and dispatcher (private in mcp 2.3.0: `_stamp`, `_dispatcher`),
+    or None if this SDK version has neither, in which case callers use the typed `send`."""
+    stamp = getattr(session, "_stamp", None)
+    dispatcher = getattr(session, "_dispatcher", None)
+    if not callable(stamp) or dispatcher is None or not hasattr(dispatcher, "send_raw_request"):
+        return None
+    return stamp, dispatcher
 
 
 @dataclass
