@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import statistics
 import time
@@ -189,3 +190,28 @@ async def list_latencies(client: Client, reps: int, seconds: float) -> dict[str,
         await client.list_tools()
         typed.append((time.perf_counter_ns() - start) / 1e6)
     return {"tools": count, "raw": summary(raw), "typed": summary(typed)}
+
+
+async def list_wire_latencies(url: str, reps: int, seconds: float) -> dict[str, Any]:
+    """tools/list as the gateway serves it: one 2026-07-28 POST over a held connection, the body
+    parsed with `json.loads` (no SDK client-side result validation, which at 5,000 tools costs the
+    client more than the gateway)."""
+    version = "2026-07-28"
+    meta = {"io.modelcontextprotocol/protocolVersion": version, "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}
+    headers = {
+        "accept": "application/json, text/event-stream",
+        "content-type": "application/json",
+        "mcp-protocol-version": version,
+        "mcp-method": "tools/list",
+    }
+    samples: list[float] = []
+    async with httpx2.AsyncClient(headers=headers, timeout=30.0, trust_env=False) as http:
+        (await http.post(url, json=body)).raise_for_status()
+        deadline = time.perf_counter() + seconds
+        while len(samples) < reps and time.perf_counter() < deadline:
+            start = time.perf_counter_ns()
+            response = await http.post(url, json=body)
+            json.loads(response.content)
+            samples.append((time.perf_counter_ns() - start) / 1e6)
+    return summary(samples)

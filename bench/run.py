@@ -40,6 +40,7 @@ from bench.measure import (
     checked_call,
     http_connect,
     list_latencies,
+    list_wire_latencies,
     median,
     stdio_connect,
     summary,
@@ -143,8 +144,12 @@ def make_home(path: Path, catalog: dict[str, Any], config: dict[str, Any] | None
     return env
 
 
-def start_gateway(env: dict[str, str], log_dir: Path, *, counting: bool = False, name: str = "gateway") -> Proc:
+def start_gateway(
+    env: dict[str, str], log_dir: Path, *, counting: bool = False, name: str = "gateway", lean: bool = True
+) -> Proc:
+    """`bastion gateway run` on HTTP; `lean=False` runs the SDK's generic path (BASTION_LEAN_PATH=0)."""
     argv = [PY, COUNTING_GATEWAY] if counting else [PY, "-m", "bastion"]
+    env = {**env, "BASTION_LEAN_PATH": "1" if lean else "0"}
     proc = Proc(name, [*argv, "gateway", "run", "--transport", "streamable-http", "--port", "0"], log_dir, env=env)
     proc.wait_for(r"gateway listening on http://\S+", 60)
     return proc
@@ -242,6 +247,9 @@ class Bench:
         gateway = start_gateway(env, self.logs)
         gw_url = gateway_url(gateway)
         wait_health(gw_url, lambda h: h["upstreams_ready"] == 2)
+        generic = start_gateway(env, self.logs, name="gateway-generic", lean=False)
+        generic_url = gateway_url(generic)
+        wait_health(generic_url, lambda h: h["upstreams_ready"] == 2)
         stdio_gateway = [PY, "-m", "bastion", "gateway", "run", "--transport", "stdio"]
 
         def stdio_front(marker: str) -> Callable[[], int | None]:
@@ -267,6 +275,24 @@ class Bench:
                 "stdio",
                 "bastion",
                 lambda: gateway.pid,
+            ),
+            LatencyPath(
+                "bastion-http-http-generic",
+                "Bastion generic path (BASTION_LEAN_PATH=0), HTTP → HTTP",
+                http_connect(generic_url),
+                "up-http__echo",
+                "http",
+                "bastion",
+                lambda: generic.pid,
+            ),
+            LatencyPath(
+                "bastion-http-stdio-generic",
+                "Bastion generic path (BASTION_LEAN_PATH=0), HTTP → stdio",
+                http_connect(generic_url),
+                "up-stdio__echo",
+                "stdio",
+                "bastion",
+                lambda: generic.pid,
             ),
             LatencyPath(
                 "bastion-stdio-http",
@@ -317,6 +343,7 @@ class Bench:
             "summary": _latency_summary(paths, rounds, cfg.modes),
         }
         gateway.stop()
+        generic.stop()
         await self.steady_state(env)
         echo.stop()
 
@@ -454,13 +481,21 @@ class Bench:
         gateway = start_gateway(env, self.logs)
         gw_url = gateway_url(gateway)
         wait_health(gw_url, lambda h: h["upstreams_ready"] == 1)
-        paths = {"direct": (http_connect(echo_url), "echo"), "bastion": (http_connect(gw_url), "up-http__echo")}
+        generic = start_gateway(env, self.logs, name="gateway-generic", lean=False)
+        generic_url = gateway_url(generic)
+        wait_health(generic_url, lambda h: h["upstreams_ready"] == 1)
+        paths = {
+            "direct": (http_connect(echo_url), "echo"),
+            "bastion": (http_connect(gw_url), "up-http__echo"),
+            "generic": (http_connect(generic_url), "up-http__echo"),
+        }
         points: list[dict[str, Any]] = []
         try:
             for index in range(cfg.tp_rounds):
                 for clients in cfg.tp_clients:
                     for mode in cfg.modes:
-                        order = list(paths) if (index + clients) % 2 == 0 else list(reversed(paths))
+                        shift = (index + clients) % len(paths)
+                        order = list(paths)[shift:] + list(paths)[:shift]
                         for key in order:
                             connect, tool = paths[key]
                             result = await throughput(connect, mode, tool, clients, cfg.tp_seconds)
@@ -471,6 +506,7 @@ class Bench:
                             )
         finally:
             gateway.stop()
+            generic.stop()
             echo.stop()
         table: list[dict[str, Any]] = []
         for clients in cfg.tp_clients:
@@ -480,7 +516,7 @@ class Bench:
                     sel = [p for p in points if p["clients"] == clients and p["mode"] == mode and p["path"] == key]
                     row[key] = median([p["calls_per_s"] for p in sel])
                     row[f"{key}_errors"] = sum(p["errors"] for p in sel)
-                ratios = []
+                ratios: dict[str, list[float]] = {"bastion": [], "generic": []}
                 for index in range(cfg.tp_rounds):
                     pair = {
                         p["path"]: p["calls_per_s"]
@@ -488,8 +524,10 @@ class Bench:
                         if p["clients"] == clients and p["mode"] == mode and p["round"] == index
                     }
                     if pair.get("direct"):
-                        ratios.append(pair["bastion"] / pair["direct"])
-                row["ratio"] = median(ratios)
+                        for key in ratios:
+                            ratios[key].append(pair[key] / pair["direct"])
+                row["ratio"] = median(ratios["bastion"])
+                row["generic_ratio"] = median(ratios["generic"])
                 table.append(row)
         self.results["throughput"] = {"points": points, "table": table, "seconds_per_point": cfg.tp_seconds}
 
@@ -517,18 +555,32 @@ class Bench:
                     }
                 env = make_home(self.work / f"home-scale-{servers}", catalog)
                 expected = servers * cfg.tools_per_server
+
+                def all_ready(h: dict[str, Any], n: int = servers, e: int = expected) -> bool:
+                    return bool(h["upstreams_ready"] == n and h["tools"] == e)
+
                 started = time.perf_counter()
                 gateway = start_gateway(env, self.logs, name=f"gateway-scale-{servers}")
                 try:
                     listening = time.perf_counter() - started
                     url = gateway_url(gateway)
-                    wait_health(url, lambda h, n=servers, e=expected: h["upstreams_ready"] == n and h["tools"] == e, 90)
+                    wait_health(url, all_ready, 90)
                     ready = time.perf_counter() - started
                     async with http_connect(url)("auto") as client:
                         listed = await list_latencies(client, cfg.list_reps, 20.0)
+                    wire = await list_wire_latencies(url, cfg.list_reps, 20.0)
                     rss = rss_mib(gateway.pid)
                 finally:
                     gateway.stop()
+                generic = start_gateway(env, self.logs, name=f"gateway-scale-{servers}-generic", lean=False)
+                try:
+                    url = gateway_url(generic)
+                    wait_health(url, all_ready, 90)
+                    async with http_connect(url)("auto") as client:
+                        listed_generic = await list_latencies(client, cfg.list_reps, 20.0)
+                    wire_generic = await list_wire_latencies(url, cfg.list_reps, 20.0)
+                finally:
+                    generic.stop()
                 rows.append(
                     {
                         "servers": servers,
@@ -538,6 +590,9 @@ class Bench:
                         "all_listed_s": ready,
                         "list_raw": listed["raw"],
                         "list_typed": listed["typed"],
+                        "list_wire": wire,
+                        "list_raw_generic": listed_generic["raw"],
+                        "list_wire_generic": wire_generic,
                         "rss_mib": rss,
                     }
                 )

@@ -90,8 +90,8 @@ _JSON_HEADER: Final = (b"content-type", b"application/json")
 
 
 def lean_enabled() -> bool:
-    """The switch: off unless `BASTION_LEAN_PATH=1` (benchmarks compare both in one run)."""
-    return os.environ.get(LEAN_ENV, "0").strip().lower() not in ("0", "false", "no", "off")
+    """The switch: on unless `BASTION_LEAN_PATH=0` (benchmarks compare both in one run)."""
+    return os.environ.get(LEAN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def accepts(accept: str) -> tuple[bool, bool]:
