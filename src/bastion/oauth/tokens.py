@@ -89,17 +89,39 @@ class TokenManager:
         self._lock_timeout = lock_timeout
         self._cache: dict[str, TokenSet] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._unsaved: dict[str, tuple[ProviderRecord, TokenSet]] = {}
+        """Refreshes the store missed: the record they replace, and the new token set."""
         self.refresh_count = 0
         """Refreshes this manager actually sent (for tests and benchmarks)."""
 
     # -- cache -------------------------------------------------------------------------------
 
     async def load(self, server: str) -> TokenSet | None:
-        """(Re)load one server's token set from the store into the cache."""
+        """(Re)load one server's token set from the store into the cache (after writing back a
+        refresh the store missed, if any)."""
+        await self.flush_unsaved(server)
         record = await self._store.get(server)
         return self._remember(server, record)
 
+    async def flush_unsaved(self, server: str | None = None) -> None:
+        """Write back token sets refreshed while the store was unavailable, unless the store moved on
+        meanwhile (another process authorized, revoked or refreshed: its state wins)."""
+        for name in [server] if server is not None else list(self._unsaved):
+            pending = self._unsaved.get(name)
+            if pending is None:
+                continue
+            spent, tokens = pending
+            async with self._store.lock(name, timeout=self._lock_timeout):
+                current = await self._store.get(name)
+                if current is not None and current.revision == spent.revision:
+                    await self._store.compare_and_set(
+                        current.model_copy(update={"tokens": tokens, "last_error": None}), current.revision
+                    )
+                    logger.info("wrote back the tokens of %s refreshed while the store was unavailable", name)
+            del self._unsaved[name]
+
     async def load_all(self) -> None:
+        await self.flush_unsaved()
         for record in await self._store.list():
             self._remember(record.server, record)
 
@@ -219,9 +241,17 @@ class TokenManager:
                     "%s needs authorization: refresh rejected (invalid_grant); %s", server, _authorize_hint(server)
                 )
                 return None
-            written = await self._store.compare_and_set(
-                record.model_copy(update={"tokens": new_tokens, "last_error": None}), record.revision
-            )
+            try:
+                written = await self._store.compare_and_set(
+                    record.model_copy(update={"tokens": new_tokens, "last_error": None}), record.revision
+                )
+            except StoreError:
+                # The authorization server has rotated the refresh token; losing its answer now would
+                # cost an invalid_grant later. Keep it in memory and write it back when the store returns.
+                self._cache[server] = new_tokens
+                self._unsaved[server] = (record, new_tokens)
+                logger.warning("refreshed %s but the store is unavailable; keeping the tokens until it is back", server)
+                return new_tokens.access_token
             if written is None:
                 # Cannot happen while we hold the lock, unless the lease expired: keep what was written.
                 logger.warning("refresh of %s raced a concurrent write; re-reading", server)

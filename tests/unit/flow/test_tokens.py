@@ -4,6 +4,7 @@ step-up, revocation (RFC 6749 §6, RFC 8707, RFC 7009)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import anyio
 import pytest
@@ -153,3 +154,40 @@ async def test_refresh_margin_is_at_most_half_the_lifetime(world: World, store: 
         tokens = manager.cached("demo")
         assert tokens is not None
         assert manager.margin_for(tokens) <= 5.5
+
+
+class FlakyStore(FileStore):
+    """A file store whose writes fail while `down` is set (as Redis does when it goes away)."""
+
+    down = False
+
+    async def compare_and_set(self, record: ProviderRecord, expected_revision: int) -> ProviderRecord | None:
+        if self.down:
+            from bastion.errors import StoreUnavailable
+
+            raise StoreUnavailable("the store is unreachable")
+        return await super().compare_and_set(record, expected_revision)
+
+
+async def test_a_refresh_the_store_missed_is_kept_and_written_back(world: World, tmp_path: Path) -> None:
+    """The authorization server rotated the refresh token; the store was down at that moment. The
+    new tokens are served from memory and written back when the store returns — not lost, which
+    would make the next refresh an invalid_grant."""
+    store = FlakyStore(tmp_path / "flaky")
+    try:
+        await seed(store, world, expires_in=0)
+        async with world.client() as http:
+            manager = TokenManager(store, http)
+            await manager.load("demo")
+            store.down = True
+            token = await manager.fresh_token("demo")
+            assert token is not None and token != "at-initial"
+            assert manager.cached_token("demo") == token
+            store.down = False
+            await manager.load("demo")  # e.g. on the store's resync event
+            assert manager.cached_token("demo") == token
+        record = await store.get("demo")
+        assert record is not None and record.tokens is not None and record.tokens.access_token == token
+        assert record.tokens.refresh_token in world.refresh_tokens  # the live one, not the spent one
+    finally:
+        await store.aclose()
