@@ -13,6 +13,7 @@ from mcp import Client
 from mcp.client.session import IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPDeprecationWarning
 
 from bastion.config.settings import GatewaySettings
 from bastion.gateway.runtime import Gateway
@@ -176,7 +177,7 @@ async def test_health_reports_states_and_counts(gateway: Gateway, gateway_url: s
     assert health["upstreams_ready"] == 2
     by_name: dict[str, Any] = {entry["name"]: entry for entry in health["upstreams"]}
     assert by_name["one"]["state"] == "ready"
-    assert by_name["one"]["tools"] == 6
+    assert by_name["one"]["tools"] == 7
     assert by_name["one"]["last_error"] is None
 
 
@@ -195,3 +196,26 @@ async def test_downstream_authorization_is_not_forwarded_upstream() -> None:
                     assert text_of(await client.call_tool("web__echo", {"text": "x"})) == "x"
         assert recorder.seen
         assert all(header is None for header in recorder.seen)
+
+
+async def test_upstream_log_messages_reach_handshake_era_clients(gateway: Gateway) -> None:
+    """An upstream's notifications/message is relayed, named after its server, at or above the
+    level the downstream session asked for."""
+    received: list[types.LoggingMessageNotificationParams] = []
+    got = anyio.Event()
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        received.append(params)
+        got.set()
+
+    async with Client(gateway.server, mode="legacy", logging_callback=on_log) as client:
+        assert client.server_capabilities.logging is not None
+        with pytest.warns(MCPDeprecationWarning):  # the client's own warning: logging is handshake-era
+            await client.set_logging_level("error")
+        await client.call_tool("one__log", {"text": "below the level"})
+        with pytest.warns(MCPDeprecationWarning):
+            await client.set_logging_level("warning")
+        await client.call_tool("one__log", {"text": "careful"})
+        with anyio.fail_after(10):
+            await got.wait()
+    assert [(p.level, p.data, p.logger) for p in received] == [("warning", "careful", "one")]

@@ -149,6 +149,7 @@ class Gateway:
             token_provider=self._token_provider,
             secret_lookup=self._secret_lookup,
             on_change=on_change,
+            on_log=self.notifier.publish_log,
         )
         handle = UpstreamHandle(upstream)
         self._handles[entry.name] = handle

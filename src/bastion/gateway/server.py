@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -54,15 +55,52 @@ _ALL_CHANGES = NotificationOptions(prompts_changed=True, resources_changed=True,
 _SESSION_BACKLOG = 16
 
 
+@dataclass(frozen=True)
+class LogEntry:
+    """An upstream's `notifications/message`, to be relayed to handshake-era downstream sessions.
+
+    2026-07-28 deprecates logging (SEP-2577) and makes it a per-request opt-in; those clients get
+    no relayed upstream logs."""
+
+    server: str
+    params: types.LoggingMessageNotificationParams
+
+
+_LEVELS: tuple[types.LoggingLevel, ...] = (
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+)
+
+
+def session_key(session: object) -> int:
+    """One downstream connection's identity: the SDK hands each request its own `ServerSession`
+    view over one shared connection object (SDK 2.3.0 internals; falls back to the session)."""
+    return id(getattr(session, "_connection", session))
+
+
 class ChangeNotifier:
-    """Fans `Changes` out to every connected downstream client, whatever its protocol era."""
+    """Fans `Changes` out to every connected downstream client, whatever its protocol era, and
+    upstream log messages to handshake-era sessions (at or above the level each one set)."""
 
     def __init__(self) -> None:
         self.bus = InMemorySubscriptionBus()
-        self._sessions: dict[object, MemoryObjectSendStream[Changes]] = {}
-        self._send, self._receive = anyio.create_memory_object_stream[Changes](256)
+        self._sessions: dict[object, MemoryObjectSendStream[Changes | LogEntry]] = {}
+        self._send, self._receive = anyio.create_memory_object_stream[Changes | LogEntry](256)
+        self.log_levels: dict[int, types.LoggingLevel] = {}
+        """`logging/setLevel` per downstream connection (see `session_key`)."""
 
-    def publish(self, changes: Changes) -> None:
+    def publish_log(self, server: str, params: types.LoggingMessageNotificationParams) -> None:
+        """Queue an upstream log message for the handshake-era sessions. Non-blocking; dropped
+        (not queued without bound) when delivery is backing up."""
+        self.publish(LogEntry(server, params))
+
+    def publish(self, changes: Changes | LogEntry) -> None:
         """Queue `changes` for delivery. Synchronous and non-blocking (called from state changes)."""
         try:
             self._send.send_nowait(changes)
@@ -82,6 +120,8 @@ class ChangeNotifier:
                         pass  # that session already has notifications queued; they are level triggers
                     except anyio.ClosedResourceError:
                         pass
+                if isinstance(changes, LogEntry):
+                    continue
                 events: list[ServerEvent] = []
                 if changes.tools:
                     events.append(ToolsListChanged())
@@ -101,21 +141,43 @@ class ChangeNotifier:
 
     async def serve_session(self, ctx: ServerRequestContext[Any, Any], params: types.NotificationParams) -> None:
         """The `notifications/initialized` handler: push list changes to this session while it lives."""
-        send, receive = anyio.create_memory_object_stream[Changes](_SESSION_BACKLOG)
+        send, receive = anyio.create_memory_object_stream[Changes | LogEntry](_SESSION_BACKLOG)
         key = object()
         self._sessions[key] = send
         try:
-            await _push_changes(ctx, receive)
+            await _push_changes(ctx, receive, self.log_levels)
         finally:
             self._sessions.pop(key, None)
+            self.log_levels.pop(session_key(ctx.session), None)
             send.close()
             receive.close()
 
 
-async def _push_changes(ctx: ServerRequestContext[Any, Any], receive: MemoryObjectReceiveStream[Changes]) -> None:
+async def _push_changes(
+    ctx: ServerRequestContext[Any, Any],
+    receive: MemoryObjectReceiveStream[Changes | LogEntry],
+    log_levels: dict[int, types.LoggingLevel],
+) -> None:
     session = ctx.session
     async for changes in receive:
         try:
+            if isinstance(changes, LogEntry):
+                wanted = log_levels.get(session_key(session))
+                level = changes.params.level
+                if wanted is None or _LEVELS.index(level) >= _LEVELS.index(wanted):
+                    name = changes.params.logger
+                    # send_notification, not the deprecated send_log_message: this relays what an
+                    # upstream said to a handshake-era session, the one era that has logging.
+                    await session.send_notification(
+                        types.LoggingMessageNotification(
+                            params=types.LoggingMessageNotificationParams(
+                                level=level,
+                                data=changes.params.data,
+                                logger=f"{changes.server}/{name}" if name else changes.server,
+                            )
+                        )
+                    )
+                continue
             if changes.tools:
                 await session.send_tool_list_changed()
             if changes.prompts:
@@ -181,6 +243,12 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     async def complete(ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> dict[str, Any]:
         return await pool.complete(params)
 
+    async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> dict[str, Any]:
+        # Handshake-era clients only (logging is deprecated as of 2026-07-28): the minimum level of
+        # the upstream log messages relayed to this session.
+        notifier.log_levels[session_key(ctx.session)] = params.level
+        return {}
+
     server = GatewayServer(
         SERVER_NAME,
         version="0.1.0",
@@ -197,6 +265,7 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     server.add_request_handler("resources/templates/list", types.PaginatedRequestParams, list_resource_templates)
     server.add_request_handler("resources/read", types.ReadResourceRequestParams, read_resource)
     server.add_request_handler("completion/complete", types.CompleteRequestParams, complete)
+    server.add_request_handler("logging/setLevel", types.SetLevelRequestParams, set_level)
     server.add_notification_handler("notifications/initialized", types.NotificationParams, notifier.serve_session)
     return server
 

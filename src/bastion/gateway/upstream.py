@@ -248,6 +248,7 @@ class Upstream:
         token_provider: TokenProvider | None,
         secret_lookup: SecretLookup,
         on_change: Callable[[Upstream], None],
+        on_log: Callable[[str, types.LoggingMessageNotificationParams], None] | None = None,
         mode: str = "auto",
     ) -> None:
         self.entry = entry
@@ -262,6 +263,7 @@ class Upstream:
         self._token_provider = token_provider
         self._secret_lookup = secret_lookup
         self._on_change = on_change
+        self._on_log_message = on_log
         self._mode = mode
         self._session: ClientSession | None = None
         self._stop = anyio.Event()
@@ -341,6 +343,8 @@ class Upstream:
                     read_timeout_seconds=self._request_timeout,
                     message_handler=self._on_message,
                     logging_callback=self._on_log,
+                    # 2026-07-28 upstreams send log messages only to requests that opt in.
+                    log_level="info",
                     client_info=CLIENT_INFO,
                     cache=None,
                 )
@@ -480,6 +484,8 @@ class Upstream:
 
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
         logger.debug("upstream %r [%s] %s", self.name, params.level, params.data)
+        if self._on_log_message is not None:
+            self._on_log_message(self.name, params)
 
     def _drop_session(self, session: ClientSession) -> None:
         if self._session is session:

@@ -51,6 +51,12 @@ def build(name: str = "echo") -> MCPServer:
             await ctx.report_progress(step + 1, steps)
         return "done"
 
+    @server.tool()
+    async def log(text: str, ctx: Context) -> str:
+        """Send `text` as a warning log message, then answer."""
+        await ctx.warning(text)
+        return "logged"
+
     @server.prompt()
     def greet(who: str) -> str:
         """Greet someone."""
