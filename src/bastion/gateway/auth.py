@@ -26,6 +26,7 @@ from bastion.oauth.api import TokenProvider
 
 logger = logging.getLogger(__name__)
 
+
 def bearer_challenge_params(headers: list[str]) -> dict[str, str]:
     """The auth-params of the `Bearer` challenge among WWW-Authenticate values (RFC 6750 §3),
     lower-cased keys; empty when there is none. The grammar lives in `bastion.oauth.rfc6750`."""
