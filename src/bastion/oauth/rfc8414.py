@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bastion.errors import DiscoveryError, IssuerMismatchError, PKCEUnsupportedError
+from bastion.oauth._metadata import describe_validation_error
 from bastion.oauth.endpoint_security import url_for_message
 
 __all__ = [
@@ -94,19 +95,6 @@ def authorization_server_metadata_urls(issuer: str) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
-def _describe(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    kind = first["type"]
-    if kind == "json_invalid":
-        return "is not valid JSON"
-    if kind == "model_type":
-        return "is not a JSON object"
-    where = ".".join(str(item) for item in first["loc"])
-    if kind == "missing":
-        return f"has no `{where}`"
-    return f"has an invalid `{where}`: {first['msg']}"
-
-
 def parse_authorization_server_metadata(body: bytes, url: str) -> AuthorizationServerMetadata:
     """The metadata document fetched from `url`. Raises DiscoveryError naming `url` when the
     body is not a JSON object with `issuer`, `token_endpoint` and well-typed members."""
@@ -114,7 +102,7 @@ def parse_authorization_server_metadata(body: bytes, url: str) -> AuthorizationS
         return AuthorizationServerMetadata.model_validate_json(body)
     except ValidationError as exc:
         raise DiscoveryError(
-            f"authorization server metadata at {url_for_message(url)} {_describe(exc)}",
+            f"authorization server metadata at {url_for_message(url)} {describe_validation_error(exc)}",
             hint="the authorization server publishes broken metadata; report it to the server's operator",
         ) from None
 

@@ -14,6 +14,7 @@ from urllib.parse import urljoin, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bastion.errors import DiscoveryError, ResourceMismatchError
+from bastion.oauth._metadata import describe_validation_error
 from bastion.oauth.endpoint_security import url_for_message
 from bastion.oauth.rfc8707 import resource_matches
 
@@ -77,19 +78,6 @@ def protected_resource_metadata_urls(server_url: str, header_url: str | None) ->
     return list(dict.fromkeys(urls))
 
 
-def _describe(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    kind = first["type"]
-    if kind == "json_invalid":
-        return "is not valid JSON"
-    if kind == "model_type":
-        return "is not a JSON object"
-    where = ".".join(str(item) for item in first["loc"])
-    if kind == "missing":
-        return f"has no `{where}`"
-    return f"has an invalid `{where}`: {first['msg']}"
-
-
 def parse_protected_resource_metadata(body: bytes, url: str) -> ProtectedResourceMetadata:
     """The metadata document fetched from `url`. Raises DiscoveryError naming `url` when the
     body is not a JSON object with a string `resource` and well-typed members."""
@@ -97,7 +85,7 @@ def parse_protected_resource_metadata(body: bytes, url: str) -> ProtectedResourc
         return ProtectedResourceMetadata.model_validate_json(body)
     except ValidationError as exc:
         raise DiscoveryError(
-            f"protected resource metadata at {url_for_message(url)} {_describe(exc)}",
+            f"protected resource metadata at {url_for_message(url)} {describe_validation_error(exc)}",
             hint="the MCP server publishes broken OAuth metadata; report it to the server's operator",
         ) from None
 
