@@ -11,6 +11,7 @@ Layout of a lock directory (one set of files per server, named by `encode_name`)
 
 from __future__ import annotations
 
+import builtins
 import errno
 import fcntl
 import logging
@@ -19,7 +20,7 @@ import re
 import stat
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 
 import anyio
@@ -30,7 +31,7 @@ from watchfiles import Change, awatch
 from bastion.config.files import atomic_write
 from bastion.errors import StoreError, StoreLockTimeout
 from bastion.store.base import Lease
-from bastion.store.models import StoreEvent
+from bastion.store.models import ProviderRecord, StoreEvent
 
 logger = logging.getLogger(__name__)
 
@@ -386,3 +387,47 @@ class DirWatcher:
         for server in sorted(known.keys() - current.keys()):
             events.append(StoreEvent(server=server, kind="deleted"))
         return events, current
+
+
+class LocalRecordStore:
+    """What `FileStore` and `KeyringStore` share: records read and written by blocking helpers
+    (`_read`, `_read_all`, `_write`, `_delete`) run on a worker thread, leases from `FileLocks`,
+    and changes from a `DirWatcher`. Subclasses set `_locks` and `_watcher` and supply the helpers."""
+
+    _locks: FileLocks
+    _watcher: DirWatcher
+
+    def _read(self, server: str) -> ProviderRecord | None:
+        raise NotImplementedError
+
+    def _read_all(self) -> list[ProviderRecord]:
+        raise NotImplementedError
+
+    def _write(self, record: ProviderRecord, expected_revision: int | None) -> ProviderRecord | None:
+        raise NotImplementedError
+
+    def _delete(self, server: str) -> bool:
+        raise NotImplementedError
+
+    async def get(self, server: str) -> ProviderRecord | None:
+        return await anyio.to_thread.run_sync(self._read, server)
+
+    async def list(self) -> builtins.list[ProviderRecord]:
+        return await anyio.to_thread.run_sync(self._read_all)
+
+    async def put(self, record: ProviderRecord) -> ProviderRecord:
+        written = await anyio.to_thread.run_sync(self._write, record, None)
+        assert written is not None  # unconditional writes always succeed
+        return written
+
+    async def compare_and_set(self, record: ProviderRecord, expected_revision: int) -> ProviderRecord | None:
+        return await anyio.to_thread.run_sync(self._write, record, expected_revision)
+
+    async def delete(self, server: str) -> bool:
+        return await anyio.to_thread.run_sync(self._delete, server)
+
+    def lock(self, server: str, *, timeout: float = 30.0) -> AbstractAsyncContextManager[Lease]:
+        return self._locks.lease(server, timeout)
+
+    def watch(self) -> AsyncIterator[StoreEvent]:
+        return self._watcher.watch()

@@ -16,8 +16,6 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import anyio.to_thread
@@ -25,8 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bastion.errors import StoreError
 from bastion.store import _fs
-from bastion.store.base import Lease
-from bastion.store.models import ProviderRecord, StoreEvent
+from bastion.store.models import ProviderRecord
 
 
 class _SecretFile(BaseModel):
@@ -38,7 +35,7 @@ class _SecretFile(BaseModel):
         return f"_SecretFile(name={self.name!r}, value='***')"
 
 
-class FileStore:
+class FileStore(_fs.LocalRecordStore):
     """The `Store` protocol on local files. Safe across processes on one machine."""
 
     def __init__(self, root: Path) -> None:
@@ -55,23 +52,6 @@ class FileStore:
         return f"FileStore({str(self.root)!r})"
 
     # -- records
-
-    async def get(self, server: str) -> ProviderRecord | None:
-        return await anyio.to_thread.run_sync(self._read, server)
-
-    async def list(self) -> builtins.list[ProviderRecord]:
-        return await anyio.to_thread.run_sync(self._read_all)
-
-    async def put(self, record: ProviderRecord) -> ProviderRecord:
-        written = await anyio.to_thread.run_sync(self._write, record, None)
-        assert written is not None  # unconditional writes always succeed
-        return written
-
-    async def compare_and_set(self, record: ProviderRecord, expected_revision: int) -> ProviderRecord | None:
-        return await anyio.to_thread.run_sync(self._write, record, expected_revision)
-
-    async def delete(self, server: str) -> bool:
-        return await anyio.to_thread.run_sync(self._delete, server)
 
     def _path(self, server: str) -> Path:
         return self._providers / f"{_fs.encode_name(server)}.json"
@@ -111,12 +91,6 @@ class FileStore:
             return _fs.remove_file(path)
 
     # -- lock and events
-
-    def lock(self, server: str, *, timeout: float = 30.0) -> AbstractAsyncContextManager[Lease]:
-        return self._locks.lease(server, timeout)
-
-    def watch(self) -> AsyncIterator[StoreEvent]:
-        return self._watcher.watch()
 
     # -- secrets
 

@@ -21,8 +21,7 @@ from __future__ import annotations
 import builtins
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -34,8 +33,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from bastion.errors import StoreError, StoreUnavailable
 from bastion.store import _fs
-from bastion.store.base import Lease
-from bastion.store.models import ProviderRecord, StoreEvent
+from bastion.store.models import ProviderRecord
 
 _T = TypeVar("_T")
 _PROVIDERS_INDEX = "index:providers"
@@ -44,7 +42,7 @@ _WRITE_LOCK = ".keyring"
 _names = TypeAdapter(list[str])
 
 
-class KeyringStore:
+class KeyringStore(_fs.LocalRecordStore):
     """The `Store` protocol on the OS keyring, with locks and change events from `state_dir`."""
 
     def __init__(self, service: str = "bastion", *, state_dir: Path, backend: KeyringBackend | None = None) -> None:
@@ -61,23 +59,6 @@ class KeyringStore:
         return f"KeyringStore(service={self.service!r}, state_dir={str(self.state_dir)!r})"
 
     # -- records
-
-    async def get(self, server: str) -> ProviderRecord | None:
-        return await anyio.to_thread.run_sync(self._read, server)
-
-    async def list(self) -> builtins.list[ProviderRecord]:
-        return await anyio.to_thread.run_sync(self._read_all)
-
-    async def put(self, record: ProviderRecord) -> ProviderRecord:
-        written = await anyio.to_thread.run_sync(self._write, record, None)
-        assert written is not None  # unconditional writes always succeed
-        return written
-
-    async def compare_and_set(self, record: ProviderRecord, expected_revision: int) -> ProviderRecord | None:
-        return await anyio.to_thread.run_sync(self._write, record, expected_revision)
-
-    async def delete(self, server: str) -> bool:
-        return await anyio.to_thread.run_sync(self._delete, server)
 
     def _read(self, server: str) -> ProviderRecord | None:
         data = self._get(f"provider:{server}")
@@ -132,12 +113,6 @@ class KeyringStore:
         return self._changes / f"{_fs.encode_name(server)}.json"
 
     # -- lock and events
-
-    def lock(self, server: str, *, timeout: float = 30.0) -> AbstractAsyncContextManager[Lease]:
-        return self._locks.lease(server, timeout)
-
-    def watch(self) -> AsyncIterator[StoreEvent]:
-        return self._watcher.watch()
 
     # -- secrets
 
