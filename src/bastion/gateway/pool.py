@@ -141,10 +141,26 @@ def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | Non
     templates_wire: list[dict[str, Any]] = []
     collisions: list[str] = []
 
+    template_owners: dict[str, str] = {}
+
     def clash(kind: str, name: str, first: str, second: str) -> None:
         message = f"{kind} {name!r} of server {second!r} is hidden: server {first!r} already serves it"
         logger.warning("%s", message)
         collisions.append(message)
+
+    def merge(
+        kind: str,
+        entries: Iterable[tuple[str, Route, dict[str, Any]]],
+        table: dict[str, Route],
+        wire_list: list[dict[str, Any]],
+    ) -> None:
+        """Add one server's entries; the first server (by name) keeps a clashing name."""
+        for name, route, wire in entries:
+            if (existing := table.get(name)) is not None:
+                clash(kind, name, existing.server, route.server)
+                continue
+            table[name] = route
+            wire_list.append(wire)
 
     for upstream in sorted(upstreams, key=lambda u: u.name):
         if upstream.state is not UpstreamState.READY:
@@ -153,27 +169,11 @@ def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | Non
         exposed = cache.get(server)
         if exposed is None or exposed.listing is not listing:
             exposed = cache[server] = _expose(server, listing)
-        for name, route, wire in exposed.tools:
-            if (existing := tools.get(name)) is not None:
-                clash("tool", name, existing.server, server)
-                continue
-            tools[name] = route
-            tools_wire.append(wire)
-        for name, route, wire in exposed.prompts:
-            if (existing := prompts.get(name)) is not None:
-                clash("prompt", name, existing.server, server)
-                continue
-            prompts[name] = route
-            prompts_wire.append(wire)
-        for uri, route, wire in exposed.resources:
-            if (existing := resources.get(uri)) is not None:
-                clash("resource", uri, existing.server, server)
-                continue
-            resources[uri] = route
-            resources_wire.append(wire)
+        merge("tool", exposed.tools, tools, tools_wire)
+        merge("prompt", exposed.prompts, prompts, prompts_wire)
+        merge("resource", exposed.resources, resources, resources_wire)
         for raw, wire in exposed.templates:
-            if any(route.name == raw for _, route in templates):
-                first = next(route.server for _, route in templates if route.name == raw)
+            if (first := template_owners.get(raw)) is not None:
                 clash("resource template", raw, first, server)
                 continue
             try:
@@ -181,6 +181,7 @@ def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | Non
             except InvalidUriTemplate:
                 logger.warning("server %r: resource template %r is invalid; skipped", server, raw)
                 continue
+            template_owners[raw] = server
             templates.append((parsed, Route(server, raw)))
             templates_wire.append(wire)
 

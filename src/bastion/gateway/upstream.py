@@ -18,11 +18,11 @@ import math
 import os
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Self, TypeVar
 
 import anyio
 import httpx2
@@ -409,40 +409,20 @@ class Upstream:
 
     async def _fetch_listing(self, session: ClientSession) -> Listing:
         caps = session.server_capabilities or types.ServerCapabilities()
-        tools: list[types.Tool] = []
-        prompts: list[types.Prompt] = []
-        resources: list[types.Resource] = []
-        templates: list[types.ResourceTemplate] = []
+        tools: tuple[types.Tool, ...] = ()
+        prompts: tuple[types.Prompt, ...] = ()
+        resources: tuple[types.Resource, ...] = ()
+        templates: tuple[types.ResourceTemplate, ...] = ()
         if caps.tools is not None:
-            cursor: str | None = None
-            for _ in range(MAX_LIST_PAGES):
-                page = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
-                tools.extend(page.tools)
-                if (cursor := page.next_cursor) is None:
-                    break
+            tools = await _all_pages(session.list_tools, lambda page: (page.tools, page.next_cursor))
         if caps.prompts is not None:
-            cursor = None
-            for _ in range(MAX_LIST_PAGES):
-                prompt_page = await session.list_prompts(params=types.PaginatedRequestParams(cursor=cursor))
-                prompts.extend(prompt_page.prompts)
-                if (cursor := prompt_page.next_cursor) is None:
-                    break
+            prompts = await _all_pages(session.list_prompts, lambda page: (page.prompts, page.next_cursor))
         if caps.resources is not None:
-            cursor = None
-            for _ in range(MAX_LIST_PAGES):
-                resource_page = await session.list_resources(params=types.PaginatedRequestParams(cursor=cursor))
-                resources.extend(resource_page.resources)
-                if (cursor := resource_page.next_cursor) is None:
-                    break
-            cursor = None
-            for _ in range(MAX_LIST_PAGES):
-                template_page = await session.list_resource_templates(
-                    params=types.PaginatedRequestParams(cursor=cursor)
-                )
-                templates.extend(template_page.resource_templates)
-                if (cursor := template_page.next_cursor) is None:
-                    break
-        return Listing(tuple(tools), tuple(prompts), tuple(resources), tuple(templates))
+            resources = await _all_pages(session.list_resources, lambda page: (page.resources, page.next_cursor))
+            templates = await _all_pages(
+                session.list_resource_templates, lambda page: (page.resource_templates, page.next_cursor)
+            )
+        return Listing(tools, prompts, resources, templates)
 
     async def _relist_loop(self, session: ClientSession) -> None:
         while True:
@@ -643,3 +623,24 @@ class UpstreamHandle:
     upstream: Upstream
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     done: anyio.Event = field(default_factory=anyio.Event)
+
+
+PageT = TypeVar("PageT")
+ItemT = TypeVar("ItemT")
+
+
+async def _all_pages(
+    fetch: Callable[..., Awaitable[PageT]],
+    items_of: Callable[[PageT], tuple[Sequence[ItemT], str | None]],
+) -> tuple[ItemT, ...]:
+    """Every item of a paginated list, following `nextCursor` for at most `MAX_LIST_PAGES` pages
+    (a paginator that never ends cannot hang the connection)."""
+    items: list[ItemT] = []
+    cursor: str | None = None
+    for _ in range(MAX_LIST_PAGES):
+        page = await fetch(params=types.PaginatedRequestParams(cursor=cursor))
+        found, cursor = items_of(page)
+        items.extend(found)
+        if cursor is None:
+            break
+    return tuple(items)
