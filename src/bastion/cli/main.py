@@ -27,22 +27,33 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    """Run an async command body; turn Bastion's errors into one line on stderr and exit 1."""
+def one_line_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Turn Bastion's errors into one line on stderr and exit 1 (130 on Ctrl-C)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        import anyio  # lazy: keeps `bastion --help` fast
-
-        from bastion.errors import BastionError
+        from bastion.errors import BastionError  # lazy: keeps `bastion --help` fast
 
         try:
-            return anyio.run(functools.partial(fn, *args, **kwargs))
+            return fn(*args, **kwargs)
         except BastionError as exc:
             _fail(str(exc))
         except KeyboardInterrupt:
             _fail("interrupted", 130)
         raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body under `one_line_errors`."""
+
+    @functools.wraps(fn)
+    @one_line_errors
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        import anyio  # lazy: keeps `bastion --help` fast
+
+        return anyio.run(functools.partial(fn, *args, **kwargs))
 
     return wrapper
 
@@ -486,33 +497,26 @@ def client_ls() -> None:
 
 @client_group.command("connect")
 @click.argument("name")
+@one_line_errors
 def client_connect(name: str) -> None:
     """Add a `bastion gateway run` stdio entry to the client's MCP configuration."""
     from bastion.clients import connect, get_client
     from bastion.config.paths import bastion_home
-    from bastion.errors import BastionError
 
-    try:
-        client = get_client(name)
-        home = bastion_home() if os.environ.get("BASTION_HOME") else None
-        path = connect(client, home)
-    except BastionError as exc:
-        _fail(str(exc))
+    client = get_client(name)
+    path = connect(client, bastion_home() if os.environ.get("BASTION_HOME") else None)
     click.echo(f"connected {client.title}: {path} (restart {client.title} to pick it up)")
 
 
 @client_group.command("disconnect")
 @click.argument("name")
+@one_line_errors
 def client_disconnect(name: str) -> None:
     """Remove Bastion's entry from the client's MCP configuration."""
     from bastion.clients import disconnect, get_client
-    from bastion.errors import BastionError
 
-    try:
-        client = get_client(name)
-        removed = disconnect(client)
-    except BastionError as exc:
-        _fail(str(exc))
+    client = get_client(name)
+    removed = disconnect(client)
     click.echo(f"disconnected {client.title}" if removed else f"{client.title} was not connected")
 
 
