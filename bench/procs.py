@@ -18,6 +18,11 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.fixtures.procfs import alive as alive
+from tests.fixtures.procfs import cmdline as cmdline
+from tests.fixtures.procfs import descendants as descendants
+from tests.fixtures.procfs import stat_fields
+
 RUNNING: list[Proc] = []
 
 
@@ -131,14 +136,10 @@ def wait_port(port: int, proc: Proc, timeout: float = 60.0) -> None:
     raise BenchError(f"{proc.name} did not listen on {port} within {timeout:.0f}s:\n{proc.log()[-3000:]}")
 
 
-def _stat_fields(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of `pid` (not its children), in seconds."""
     try:
-        fields = _stat_fields(pid)
+        fields = stat_fields(pid)
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -149,37 +150,3 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int(_stat_fields(int(entry.name))[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return _stat_fields(pid)[0] != "Z"
-    except OSError:
-        return False
-
-
-def cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""

@@ -13,31 +13,10 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
+from tests.fixtures.procfs import alive
+from tests.fixtures.procfs import children as children_of
+
 from .conftest import ECHO
-
-
-def children_of(pid: int) -> set[int]:
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...; comm may contain spaces, so split after the last ")".
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            found.add(int(entry.name))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc")

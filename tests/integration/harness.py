@@ -21,6 +21,9 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.fixtures.procfs import alive as alive
+from tests.fixtures.procfs import descendants as descendants
+
 BASTION = [sys.executable, "-m", "bastion"]
 READY = re.compile(r"gateway listening on (http://\S+)")
 
@@ -55,36 +58,6 @@ class Home:
         return StdioServerParameters(
             command=BASTION[0], args=[*BASTION[1:], "gateway", "run", "--transport", "stdio", *extra], env=self.env
         )
-
-
-def descendants(pid: int) -> set[int]:
-    """Every live descendant of `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 class GatewayProcess:

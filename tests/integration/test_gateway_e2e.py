@@ -19,6 +19,7 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 
 from tests.fixtures import peers
+from tests.fixtures.procfs import cmdline
 from tests.integration.harness import GatewayProcess, Home, alive, descendants, http_client
 
 pytestmark = pytest.mark.anyio
@@ -202,7 +203,7 @@ async def test_faults_do_not_spread(home: Home, node_deps: None) -> None:
                 await client.call_tool("down__anything", {})
 
             # Kill the stdio upstream mid-call: that call errors, the others keep working, it comes back.
-            node = [p for p in descendants(gateway.proc.pid) if "server-everything" in _cmdline(p)]
+            node = [p for p in descendants(gateway.proc.pid) if "server-everything" in cmdline(p)]
             assert node, "server-everything child not found"
             results: list[Any] = []
 
@@ -254,13 +255,6 @@ async def test_foreign_origin_is_refused(home: Home) -> None:
                 headers={"Origin": "http://evil.example", "Accept": "application/json, text/event-stream"},
             )
     assert response.status_code == 403
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 async def test_servers_enabled_and_disabled_while_the_gateway_runs(
