@@ -52,11 +52,17 @@ class UpstreamBearerAuth(httpx2.Auth):
     def sync_auth_flow(self, request: httpx2.Request) -> Generator[httpx2.Request, httpx2.Response, None]:
         raise RuntimeError("UpstreamBearerAuth only works with httpx2.AsyncClient")
 
-    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+    async def token(self) -> str | None:
+        """The token to send now: from memory, refreshed first when it is near expiry."""
         provider, server = self._provider, self._server
         token = provider.cached_token(server)
         if token is None or provider.needs_refresh(server):
             token = await provider.fresh_token(server)
+        return token
+
+    async def async_auth_flow(self, request: httpx2.Request) -> AsyncGenerator[httpx2.Request, httpx2.Response]:
+        provider, server = self._provider, self._server
+        token = await self.token()
         _authorize(request, token)
         response = yield request
 

@@ -17,7 +17,9 @@ import logging
 import math
 import os
 import re
+import ssl
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -46,6 +48,8 @@ from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import NeedsAuthorizationError, UpstreamError
 from bastion.gateway.auth import UpstreamBearerAuth
+from bastion.gateway.rawhttp import RawHTTPError
+from bastion.gateway.wire import Resend, WireChannel
 from bastion.oauth.api import TokenProvider
 
 logger = logging.getLogger(__name__)
@@ -65,6 +69,13 @@ _RAW_RESULT: Final[Any] = TypeAdapter(dict[str, Any])
 """Results are passed through as the wire dict, never rebuilt as models. (`send_request` is typed
 for models only, but accepts any `TypeAdapter`; hence `Any`.)"""
 
+_LIST_CHANGED_METHODS: Final = frozenset(
+    {
+        "notifications/tools/list_changed",
+        "notifications/prompts/list_changed",
+        "notifications/resources/list_changed",
+    }
+)
 _LIST_CHANGED: Final = (
     types.ToolListChangedNotification,
     types.PromptListChangedNotification,
@@ -266,6 +277,9 @@ class Upstream:
         self._on_log_message = on_log
         self._mode = mode
         self._session: ClientSession | None = None
+        self._wire: WireChannel | None = None
+        """The raw channel of the held session (streamable-HTTP upstreams), see `send_raw`."""
+        self._next_wire: WireChannel | None = None
         self._stop = anyio.Event()
         self._reconnect = anyio.Event()
         self._relist = anyio.Event()
@@ -299,6 +313,7 @@ class Upstream:
                 logger.info("upstream %r: connection failed: %s", self.name, error, exc_info=logger.isEnabledFor(10))
             finally:
                 self._session = None
+                self._wire = self._next_wire = None
             if self._auth_problem is not None:
                 self._park(
                     UpstreamState.NEEDS_AUTHORIZATION,
@@ -355,6 +370,7 @@ class Upstream:
                 connected = True
                 self._connect_scope = None
                 self._session = session
+                self._wire = self._next_wire
                 self.protocol_version = session.protocol_version
                 self.listing = listing
                 self.last_error = None
@@ -389,7 +405,7 @@ class Upstream:
             key: expand_variables(value, secrets, server=self.name, where=f"header {key}")
             for key, value in remote.headers.items()
         }
-        auth: httpx2.Auth | None = None
+        auth: UpstreamBearerAuth | None = None
         if entry.uses_oauth and self._token_provider is not None:
             if await self._token_provider.fresh_token(self.name) is None:
                 raise NeedsAuthorizationError("no access token is stored")
@@ -404,8 +420,34 @@ class Upstream:
                 auth=auth,
             )
         # One client per session, reused by every request on it (no per-call client or SSL context).
-        http_client = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, auth=auth, timeout=timeout))
+        http_client = httpx2.AsyncClient(headers=headers, auth=auth, timeout=timeout)
+        wire = self._wire_channel(remote.url, http_client, auth)
+        if wire is not None:
+            stack.callback(wire.close)
+            http_client.event_hooks["response"].append(wire.observe)
+        self._next_wire = wire
+        await stack.enter_async_context(http_client)
         return streamable_http_client(remote.url, http_client=http_client)
+
+    def _wire_channel(
+        self, url: str, http_client: httpx2.AsyncClient, auth: UpstreamBearerAuth | None
+    ) -> WireChannel | None:
+        """The raw channel for `send_raw`, or None where only httpx2 can reach the server (a proxy
+        from the environment, a URL or header the small client refuses) or it is switched off."""
+        if not wire_enabled() or _proxied():
+            return None
+        try:
+            return WireChannel(
+                url,
+                dict(http_client.headers),
+                bearer=auth.token if auth is not None else None,
+                on_notification=self._on_wire_notification,
+                ssl_context=_tls_context() if url.lower().startswith("https:") else None,
+                connect_timeout=self.settings.connect_timeout,
+            )
+        except ValueError as exc:
+            logger.debug("upstream %r: no raw channel: %s", self.name, exc)
+            return None
 
     async def _fetch_listing(self, session: ClientSession) -> Listing:
         caps = session.server_capabilities or types.ServerCapabilities()
@@ -462,7 +504,23 @@ class Upstream:
         elif isinstance(message, Exception):
             logger.debug("upstream %r: transport reported %s", self.name, describe_error(message))
 
+    def _on_wire_notification(self, message: dict[str, Any]) -> None:
+        """A notification that arrived on a raw channel's response stream."""
+        method = message.get("method")
+        if method in _LIST_CHANGED_METHODS:
+            self._relist.set()
+        elif method == "notifications/message":
+            try:
+                params = types.LoggingMessageNotificationParams.model_validate(message.get("params"))
+            except ValueError:
+                logger.debug("upstream %r: malformed log message dropped", self.name)
+                return
+            self._log(params)
+
     async def _on_log(self, params: types.LoggingMessageNotificationParams) -> None:
+        self._log(params)
+
+    def _log(self, params: types.LoggingMessageNotificationParams) -> None:
         logger.debug("upstream %r [%s] %s", self.name, params.level, params.data)
         if self._on_log_message is not None:
             self._on_log_message(self.name, params)
@@ -470,6 +528,7 @@ class Upstream:
     def _drop_session(self, session: ClientSession) -> None:
         if self._session is session:
             self._session = None
+            self._wire = None
             self._set_state(UpstreamState.DISCONNECTED)
 
     def _needs_authorization(self, reason: str) -> None:
@@ -549,14 +608,18 @@ class Upstream:
     async def send_raw(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Forward one request, given as its wire params, over the held session without the typed layer.
 
-        The lean path (lean.py) uses this for `tools/call` and `resources/read`: the params are
-        the wire dict, stamped by the session exactly as `ClientSession.send_request` stamps them
-        (protocol-version/method/name headers, the 2026-07-28 `_meta` envelope, `Mcp-Param-*`),
-        and sent with the dispatcher's `send_raw_request` — same request ids, timeout, cancellation
-        (abandoning the call cancels it upstream) and transport (so `UpstreamBearerAuth` still
-        handles 401/refresh/step-up) — but the result is the wire dict as received: no request
-        model dump, no per-version result validation, no `TypeAdapter` pass. The downstream side
-        sieves the result for its own client anyway. Errors are the same as `send`'s.
+        The lean path (lean.py) uses this for `tools/call` and `resources/read`. The params are
+        stamped by the session exactly as `ClientSession.send_request` stamps them
+        (protocol-version/method/name headers, the 2026-07-28 `_meta` envelope, `Mcp-Param-*`);
+        the result is the wire dict as received (no request model dump, no per-version result
+        validation). The downstream side sieves the result for its own client anyway.
+
+        For a streamable-HTTP upstream the request goes out on the session's raw channel
+        (wire.py: one POST on a keep-alive connection, the reply parsed with one `json.loads`);
+        whatever that channel hands back as not run (401, 403, 404, a redirect, no connection) is
+        sent again through the SDK session, whose transport and `UpstreamBearerAuth` handle it as
+        for any request. Other transports use the session dispatcher's `send_raw_request` — same
+        request ids, timeout, cancellation and transport. Errors are the same as `send`'s.
         """
         session = self._session
         if session is None:
@@ -574,6 +637,25 @@ class Upstream:
             name = params.get(name_key)
             if isinstance(name, str):
                 headers[MCP_NAME_HEADER] = encode_header_value(name)
+        wire = self._wire
+        if wire is not None:
+            try:
+                with anyio.fail_after(self._request_timeout):
+                    return await wire.request(method, data["params"], headers)
+            except Resend:
+                pass
+            except TimeoutError:
+                raise self._forwarding_error(
+                    session, MCPError(code=REQUEST_TIMEOUT, message="timed out"), method
+                ) from None
+            except RawHTTPError as exc:
+                raise MCPError(
+                    code=INTERNAL_ERROR,
+                    message=f"server {self.name!r}: the connection broke before the reply ({exc}); "
+                    f"the request may or may not have run",
+                ) from None
+            except MCPError as exc:
+                raise self._forwarding_error(session, exc, method) from None
         opts["timeout"] = self._request_timeout
         try:
             return await dispatcher.send_raw_request(method, data["params"], opts)
@@ -604,6 +686,30 @@ class Upstream:
 
 
 _StampFn = Callable[[dict[str, Any], CallOptions], None]
+
+WIRE_ENV: Final = "BASTION_WIRE"
+_PROXY_VARIABLES: Final = ("http", "https", "all")
+
+
+def wire_enabled() -> bool:
+    """The raw upstream channel is on unless `BASTION_WIRE=0` (benchmarks compare both)."""
+    return os.environ.get(WIRE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _proxied() -> bool:
+    """Whether the environment names a proxy httpx2 would use; only httpx2 speaks to proxies."""
+    proxies = urllib.request.getproxies_environment()
+    return any(proxies.get(kind) for kind in _PROXY_VARIABLES)
+
+
+_TLS: list[ssl.SSLContext] = []
+
+
+def _tls_context() -> ssl.SSLContext:
+    """httpx2's default context (same trust store and settings), built once: it costs ~25 ms."""
+    if not _TLS:
+        _TLS.append(httpx2.create_ssl_context())
+    return _TLS[0]
 
 
 def _raw_channel(session: ClientSession) -> tuple[_StampFn, Dispatcher[Any]] | None:

@@ -1,0 +1,340 @@
+"""The upstream half of the lean path: one JSON-RPC request over streamable HTTP, as bytes.
+
+MCP streamable HTTP transport: https://modelcontextprotocol.io/specification/2025-11-25/basic/transports
+Server-sent events: https://html.spec.whatwg.org/multipage/server-sent-events.html
+
+`WireChannel` posts `tools/call` and `resources/read` for an upstream whose session the SDK's
+`ClientSession` negotiated, on `rawhttp.OriginPool`: the body is one `json.dumps`, the headers are
+the ones the session stamped (protocol version, method, name, `Mcp-Param-*`), the session id the
+SDK's transport received, the catalog's static headers and the bearer token from memory; the reply
+is one `json.loads` (a JSON body, or the SSE stream read until the response event). No pydantic,
+no memory-stream hops, no per-request task.
+
+It only handles what a healthy upstream answers. Whatever means "this request was not run"
+— 401 (the token needs refreshing), 403 (step-up), 404 (the session is gone), a redirect, a
+connection that could not be opened — raises `Resend`, and the caller sends the same request
+through the SDK session, whose transport and `UpstreamBearerAuth` deal with it exactly as
+before (refresh once, step up, report needs-authorization, drop the session). Other failures are
+worded as the SDK's transport words them.
+
+Server-to-client traffic on a response stream: notifications go to `on_notification` (log
+messages are relayed, list changes trigger a re-list); requests are answered as the SDK client
+answers them with no callbacks configured (`ping` → empty result; sampling, elicitation and roots
+→ "... not supported"; anything else → method not found).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+import httpx2
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, ErrorData
+
+from bastion.gateway.rawhttp import OriginPool, RawHTTPError, Response
+
+logger = logging.getLogger(__name__)
+
+SESSION_HEADER: Final = "mcp-session-id"
+CANCEL_GRACE: Final = 2.0
+"""How long a 2025 `notifications/cancelled` for an abandoned request may take to post."""
+_UNSUPPORTED: Final[Mapping[str, str]] = {
+    "sampling/createMessage": "Sampling not supported",
+    "elicitation/create": "Elicitation not supported",
+    "roots/list": "List roots not supported",
+}
+"""The SDK client's default answers (mcp.client.session `_default_*_callback`)."""
+
+
+class Resend(Exception):
+    """The upstream did not run this request; send it through the SDK session instead."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One dispatched server-sent event."""
+
+    event: str
+    data: str
+    id: str | None
+
+
+class SSEDecoder:
+    """Incremental event-stream parser (WHATWG HTML §9.2.6): feed bytes, get dispatched events."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+        self._pending = b""
+        self._skip_lf = False
+        self._first = True
+        self._data: list[str] = []
+        self._event = ""
+        self._last_id: str | None = None
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        text = self._decode(chunk)
+        if self._skip_lf and text.startswith("\n"):
+            text = text[1:]
+        self._skip_lf = False
+        if self._first and text:
+            self._first = False
+            text = text.removeprefix("\ufeff")
+        buffer = self._buffer + text
+        events: list[Event] = []
+        start = 0
+        length = len(buffer)
+        while True:
+            cr = buffer.find("\r", start)
+            lf = buffer.find("\n", start)
+            if cr < 0 and lf < 0:
+                break
+            end = lf if cr < 0 or (0 <= lf < cr) else cr
+            line = buffer[start:end]
+            if end == cr:
+                if end + 1 < length:
+                    start = end + 2 if buffer[end + 1] == "\n" else end + 1
+                else:
+                    start = end + 1
+                    self._skip_lf = True  # a CR at the end: an LF at the start of the next chunk belongs to it
+            else:
+                start = end + 1
+            event = self._line(line)
+            if event is not None:
+                events.append(event)
+        self._buffer = buffer[start:]
+        return events
+
+    def _decode(self, chunk: bytes) -> str:
+        data = self._pending + chunk
+        try:
+            text = data.decode("utf-8")
+            self._pending = b""
+        except UnicodeDecodeError as exc:
+            if exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
+                text = data[: exc.start].decode("utf-8")
+                self._pending = data[exc.start :]
+            else:
+                text = data.decode("utf-8", errors="replace")
+                self._pending = b""
+        return text
+
+    def _line(self, line: str) -> Event | None:
+        if not line:
+            data, self._data = self._data, []
+            event, self._event = self._event, ""
+            if not data:
+                return None
+            return Event(event or "message", "\n".join(data), self._last_id)
+        if line.startswith(":"):
+            return None
+        name, colon, value = line.partition(":")
+        if colon and value.startswith(" "):
+            value = value[1:]
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._event = value
+        elif name == "id" and "\0" not in value:
+            self._last_id = value
+        return None
+
+
+BearerFn = Callable[[], Awaitable[str | None]]
+NotificationFn = Callable[[dict[str, Any]], None]
+
+
+class WireChannel:
+    """Raw JSON-RPC requests to one streamable-HTTP upstream session."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str],
+        *,
+        bearer: BearerFn | None,
+        on_notification: NotificationFn,
+        ssl_context: Any = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self._pool = OriginPool(url, ssl_context=ssl_context, connect_timeout=connect_timeout)
+        # The client's defaults first, then the transport's own (they win, as in the SDK's transport).
+        base = {key.lower(): value for key, value in headers.items()}
+        base.update({"content-type": "application/json", "accept": "application/json, text/event-stream"})
+        base.pop("authorization", None)  # only `bearer` sets it, as only UpstreamBearerAuth does on the SDK path
+        self._headers = list(base.items())
+        self._bearer = bearer
+        self._on_notification = on_notification
+        self._ids = itertools.count(1)
+        self.session_id: str | None = None
+        """The `Mcp-Session-Id` the SDK's transport got at `initialize` (2025 sessions only)."""
+        self.sent = 0
+        """Requests answered over this channel (tests and the bench read it)."""
+
+    @property
+    def connections_opened(self) -> int:
+        return self._pool.connections_opened
+
+    async def observe(self, response: httpx2.Response) -> None:
+        """An httpx2 response hook on the SDK session's client: learn the session id it uses."""
+        session_id = response.headers.get(SESSION_HEADER)
+        if session_id and response.status_code < 400:
+            self.session_id = session_id
+
+    def close(self) -> None:
+        self._pool.close()
+
+    async def request(self, method: str, params: dict[str, Any], headers: Mapping[str, str]) -> dict[str, Any]:
+        """POST one request; its result dict. Raises `MCPError` (the upstream's error, or a
+        reply the SDK's transport would have refused, in its words), `Resend`, or `RawHTTPError`
+        when the connection broke after the request was sent (it may or may not have run)."""
+        request_id = f"bastion-{next(self._ids)}"
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}, separators=(",", ":")
+        ).encode()
+        wire_headers = [*self._headers, *((key.lower(), value) for key, value in headers.items())]
+        session_id = self.session_id
+        if session_id is not None:
+            wire_headers.append((SESSION_HEADER, session_id))
+        if self._bearer is not None:
+            token = await self._bearer()
+            if token is not None:
+                wire_headers.append(("authorization", f"Bearer {token}"))
+        try:
+            response = await self._pool.request("POST", wire_headers, body)
+        except ValueError:
+            raise Resend from None  # a header this client will not write; httpx2 decides
+        except RawHTTPError as exc:
+            if exc.request_unread:
+                raise Resend from None
+            raise
+        except anyio.get_cancelled_exc_class():
+            await self._cancel_upstream(request_id, session_id, headers)
+            raise
+        try:
+            result = await self._reply(response, request_id)
+        except anyio.get_cancelled_exc_class():
+            response.abort()
+            await self._cancel_upstream(request_id, session_id, headers)
+            raise
+        finally:
+            response.release()
+        self.sent += 1
+        return result
+
+    async def _reply(self, response: Response, request_id: str) -> dict[str, Any]:
+        status = response.status
+        if status in (401, 403, 404) or 300 <= status < 400:
+            raise Resend  # not run: the SDK's transport and auth flow answer these
+        if status == 202:
+            raise MCPError(code=INVALID_REQUEST, message="server answered a request with 202 Accepted")
+        content_type = response.headers.get("content-type", "").lower()
+        if status >= 400:
+            if content_type.startswith("application/json"):
+                message = _json_object(await response.read())
+                if message is not None and isinstance(message.get("error"), dict):
+                    raise MCPError.from_error_data(_error_data(message["error"]))
+            raise MCPError(code=INTERNAL_ERROR, message="Server returned an error response")
+        if content_type.startswith("application/json"):
+            raw = await response.read()
+            message = _json_object(raw)
+            if message is None or message.get("id") != request_id:
+                raise MCPError(code=PARSE_ERROR, message="Failed to parse JSON response: not this request's reply")
+            return _outcome(message)
+        if content_type.startswith("text/event-stream"):
+            return await self._event_stream(response)
+        raise MCPError(code=INVALID_REQUEST, message=f"Unexpected content type: {content_type}")
+
+    async def _event_stream(self, response: Response) -> dict[str, Any]:
+        decoder = SSEDecoder()
+        try:
+            async for chunk in response.chunks():
+                for event in decoder.feed(chunk):
+                    if event.event != "message" or not event.data:
+                        continue  # priming events (id, no data) and unknown event types
+                    message = _json_object(event.data)
+                    if message is None:
+                        raise MCPError(code=PARSE_ERROR, message="Failed to parse SSE message: not a JSON-RPC object")
+                    if "result" in message or "error" in message:
+                        return _outcome(message)  # the SDK takes any response on this stream as the reply
+                    if "method" in message and "id" in message:
+                        await self._answer(message)
+                    elif "method" in message:
+                        self._on_notification(message)
+        except RawHTTPError as exc:
+            raise RawHTTPError(f"the response stream broke: {exc}") from None
+        raise RawHTTPError("the response stream ended without a reply")
+
+    async def _answer(self, message: dict[str, Any]) -> None:
+        """Reply to a server-to-client request as the SDK client does with no callbacks set."""
+        method = message.get("method")
+        reply: dict[str, Any] = {"jsonrpc": "2.0", "id": message["id"]}
+        if method == "ping":
+            reply["result"] = {}
+        elif isinstance(method, str) and method in _UNSUPPORTED:
+            reply["error"] = {"code": INVALID_REQUEST, "message": _UNSUPPORTED[method]}
+        else:
+            reply["error"] = {"code": METHOD_NOT_FOUND, "message": "Method not found"}
+        await self._post_quietly(reply, {})
+
+    async def _cancel_upstream(self, request_id: str, session_id: str | None, headers: Mapping[str, str]) -> None:
+        """An abandoned request: on the 2026 wire, closing its response stream (done by the pool)
+        is the cancellation; a 2025 session is told with `notifications/cancelled`."""
+        if session_id is None:
+            return
+        version = {k.lower(): v for k, v in headers.items()}.get("mcp-protocol-version")
+        notice = {
+            "jsonrpc": "2.0",
+            "method": "notifications/cancelled",
+            "params": {"requestId": request_id, "reason": "the gateway's client cancelled the request"},
+        }
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE):
+            await self._post_quietly(notice, {"mcp-protocol-version": version} if version else {})
+
+    async def _post_quietly(self, message: dict[str, Any], headers: Mapping[str, str]) -> None:
+        wire_headers = [*self._headers, *headers.items()]
+        if self.session_id is not None:
+            wire_headers.append((SESSION_HEADER, self.session_id))
+        if self._bearer is not None:
+            token = await self._bearer()
+            if token is not None:
+                wire_headers.append(("authorization", f"Bearer {token}"))
+        body = json.dumps(message, separators=(",", ":")).encode()
+        try:
+            response = await self._pool.request("POST", wire_headers, body)
+        except (RawHTTPError, ValueError) as exc:
+            logger.debug("could not post %s upstream: %s", message.get("method", "a reply"), exc)
+            return
+        response.release()
+
+
+def _json_object(raw: bytes | str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) and value.get("jsonrpc") == "2.0" else None
+
+
+def _outcome(message: dict[str, Any]) -> dict[str, Any]:
+    error = message.get("error")
+    if error is not None:
+        if not isinstance(error, dict):
+            raise MCPError(code=PARSE_ERROR, message="Failed to parse JSON response: malformed error")
+        raise MCPError.from_error_data(_error_data(error))
+    result = message.get("result")
+    if not isinstance(result, dict):
+        raise MCPError(code=PARSE_ERROR, message="Failed to parse JSON response: the result is not an object")
+    return result
+
+
+def _error_data(error: dict[str, Any]) -> ErrorData:
+    try:
+        return ErrorData.model_validate(error)
+    except ValueError:
+        return ErrorData(code=INTERNAL_ERROR, message="the upstream sent a malformed JSON-RPC error")

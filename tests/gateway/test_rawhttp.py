@@ -1,0 +1,436 @@
+"""The hot path's HTTP/1.1 client (gateway/rawhttp.py) against scripted loopback servers (RFC 9112).
+
+Each test runs an `asyncio` server on 127.0.0.1 that writes exactly the bytes a case needs —
+the framings, interim responses and connection closes a real MCP server rarely produces on cue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from bastion.gateway import rawhttp
+from bastion.gateway.rawhttp import OriginPool, RawHTTPError, encode_request
+
+pytestmark = pytest.mark.anyio
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Scripted:
+    """A loopback server: `handler` runs once per connection; requests are recorded."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Scripted:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.handler(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/mcp"
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await reader.readexactly(length)
+        self.requests.append(head + body)
+        return body
+
+
+def ok(body: bytes, *extra: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), b"".join(e + b"\r\n" for e in extra)) + body
+
+
+async def serve_forever(server: Scripted, answer: Callable[[bytes], bytes]) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            body = await server.read_request(reader)
+            writer.write(answer(body))
+            await writer.drain()
+
+    return handler
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Scripted]:
+    server = Scripted(lambda r, w: asyncio.sleep(0))
+    server.handler = await serve_forever(server, lambda body: ok(body, b"Content-Type: application/json"))
+    async with server:
+        yield server
+
+
+async def test_request_is_one_write_with_host_length_and_the_given_headers(echo: Scripted) -> None:
+    pool = OriginPool(echo.url)
+    response = await pool.request("POST", [("content-type", "application/json")], b'{"a":1}')
+    assert (response.status, await response.read()) == (200, b'{"a":1}')
+    assert response.headers["content-type"] == "application/json"
+    response.release()
+    head = echo.requests[0].split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"POST /mcp HTTP/1.1"
+    assert set(head[1:]) == {
+        f"Host: {echo.url.split('/')[2]}".encode(),
+        b"content-type: application/json",
+        b"Content-Length: 7",
+    }
+    pool.close()
+
+
+async def test_keep_alive_connection_is_reused_for_the_next_request(echo: Scripted) -> None:
+    pool = OriginPool(echo.url)
+    for index in range(5):
+        response = await pool.request("POST", [], str(index).encode())
+        assert await response.read() == str(index).encode()
+        response.release()
+    assert (echo.connections, pool.connections_opened) == (1, 1)
+    pool.close()
+
+
+async def test_concurrent_requests_each_get_a_connection_and_all_return_to_the_pool(echo: Scripted) -> None:
+    pool = OriginPool(echo.url)
+
+    async def one(index: int) -> bytes:
+        response = await pool.request("POST", [], b"%d" % index)
+        try:
+            return await response.read()
+        finally:
+            response.release()
+
+    first = await asyncio.gather(*(one(i) for i in range(8)))
+    second = await asyncio.gather(*(one(i) for i in range(8)))
+    assert first == second == [b"%d" % i for i in range(8)]
+    assert pool.connections_opened == echo.connections <= 8
+    pool.close()
+
+
+async def test_chunked_body_is_streamed_as_it_arrives() -> None:
+    release = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/event-stream\r\n\r\n")
+        writer.write(b"5\r\nfirst\r\n")
+        await writer.drain()
+        await release.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        await reader.read()  # keep the connection until the client is done
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        pieces = response.chunks()
+        assert await anext(pieces) == b"first"  # before the rest was even written
+        release.set()
+        assert [chunk async for chunk in pieces] == [b"second"]
+        response.release()
+        pool.close()
+
+
+async def test_body_delimited_by_close_is_read_whole_and_the_connection_not_reused() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"done\":")
+        await writer.drain()
+        writer.write(b"true}")
+        await writer.drain()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        for _ in range(2):
+            response = await pool.request("POST", [], b"{}")
+            assert await response.read() == b'{"done":true}'
+            response.release()
+        assert pool.connections_opened == server.connections == 2
+        pool.close()
+
+
+async def test_gzip_body_is_decoded() -> None:
+    packed = gzip.compress(b'{"jsonrpc":"2.0"}' * 100)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(ok(packed, b"Content-Encoding: gzip"))
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert await response.read() == b'{"jsonrpc":"2.0"}' * 100
+        response.release()
+        pool.close()
+
+
+async def test_unknown_content_coding_fails_the_exchange() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(ok(b"xx", b"Content-Encoding: br"))
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        with pytest.raises(RawHTTPError, match="unsupported content coding 'br'"):
+            await pool.request("POST", [], b"{}")
+        pool.close()
+
+
+async def test_interim_100_continue_is_skipped_for_the_final_response() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\n" + ok(b"final"))
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert (response.status, await response.read()) == (200, b"final")
+        response.release()
+        pool.close()
+
+
+async def test_reused_connection_closed_before_any_reply_byte_is_retried_once_on_a_new_one() -> None:
+    """RFC 9112 §9.3.1: the server closed an idle connection as the request went out."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(ok(b"one"))
+        await writer.drain()
+        if server.connections == 1:
+            await server.read_request(reader)  # then hang up without a byte of reply
+            return
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        for expected in (b"one", b"one"):
+            response = await pool.request("POST", [], b"{}")
+            assert await response.read() == expected
+            response.release()
+        assert (pool.connections_opened, server.connections) == (2, 2)
+        pool.close()
+
+
+async def test_fresh_connection_closed_before_the_reply_is_an_error_not_a_retry() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        with pytest.raises(RawHTTPError, match="closed the connection") as caught:
+            await pool.request("POST", [], b"{}")
+        assert not caught.value.request_unread
+        assert server.connections == 1
+        pool.close()
+
+
+async def test_connection_closed_mid_body_fails_the_read() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        with pytest.raises(RawHTTPError, match="mid-response"):
+            await response.read()
+        response.release()
+        pool.close()
+
+
+async def test_malformed_response_is_an_error() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 abc nonsense\r\n\r\n")
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        with pytest.raises(RawHTTPError, match="malformed HTTP response"):
+            await pool.request("POST", [], b"{}")
+        pool.close()
+
+
+async def test_refused_connection_says_the_request_was_not_read() -> None:
+    async with Scripted(lambda r, w: asyncio.sleep(0)) as server:
+        url = server.url
+    pool = OriginPool(url)
+    with pytest.raises(RawHTTPError, match="cannot connect to 127.0.0.1") as caught:
+        await pool.request("POST", [], b"{}")
+    assert caught.value.request_unread
+    pool.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("x-a", "one\r\nInjected: yes"), ("x-a", "nul\0"), ("bad name", "v"), ("x:y", "v"), ("", "v")],
+)
+def test_headers_that_could_split_the_request_are_refused(name: str, value: str) -> None:
+    origin = rawhttp.Origin.from_url("http://127.0.0.1:1/mcp")
+    with pytest.raises(ValueError):
+        encode_request("POST", origin, [(name, value)], b"")
+
+
+@pytest.mark.parametrize("url", ["ftp://h/x", "http:///x", "http://user:pw@h/x", "http://h/a b"])
+def test_urls_the_client_does_not_handle_are_refused(url: str) -> None:
+    with pytest.raises(ValueError):
+        rawhttp.Origin.from_url(url)
+
+
+def test_origin_keeps_query_and_ipv6_authority() -> None:
+    origin = rawhttp.Origin.from_url("https://[::1]:8443/mcp?x=1")
+    assert (origin.host, origin.port, origin.authority, origin.target) == ("::1", 8443, "[::1]:8443", "/mcp?x=1")
+    assert rawhttp.Origin.from_url("http://example.test").target == "/"
+
+
+async def test_released_early_response_drains_then_its_connection_is_reused() -> None:
+    more = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+        await writer.drain()
+        await more.wait()
+        writer.write(b"67890")
+        await writer.drain()
+        await server.read_request(reader)
+        writer.write(ok(b"again"))
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert await anext(response.chunks()) == b"12345"
+        response.release()
+        more.set()
+        for _ in range(50):
+            if pool._idle:
+                break
+            await asyncio.sleep(0.01)
+        second = await pool.request("POST", [], b"{}")
+        assert await second.read() == b"again"
+        second.release()
+        assert (pool.connections_opened, server.connections) == (1, 1)
+        pool.close()
+
+
+async def test_aborted_response_closes_its_connection(echo: Scripted) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await writer.drain()
+        assert await reader.read() == b""  # the client hung up: that is the abort
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert await anext(response.chunks()) == b"abc"
+        response.abort()
+        for _ in range(100):
+            if not pool._all:
+                break
+            await asyncio.sleep(0.01)
+        assert not pool._all
+        pool.close()
+
+
+async def test_cancelled_exchange_closes_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        assert await reader.read() == b""
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):
+                await pool.request("POST", [], b"{}")
+        assert not pool._all and not pool._idle
+        pool.close()
+
+
+async def test_oversized_body_fails_instead_of_filling_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rawhttp, "MAX_BODY", 1000)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(ok(b"x" * 5000))
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        with pytest.raises(RawHTTPError, match="larger than 1000 bytes"):
+            await response.read()
+        response.release()
+        pool.close()
+
+
+async def test_bytes_on_an_idle_connection_retire_it() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(ok(b"one") + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+        await writer.drain()
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert await response.read() == b"one"
+        response.release()
+        for _ in range(100):
+            if not pool._all:
+                break
+            await asyncio.sleep(0.01)
+        assert not pool._idle and not pool._all
+        pool.close()
+
+
+async def test_closed_pool_refuses_new_connections(echo: Scripted) -> None:
+    pool = OriginPool(echo.url)
+    pool.close()
+    with pytest.raises(RawHTTPError, match="closed") as caught:
+        await pool.request("POST", [], b"{}")
+    assert caught.value.request_unread
