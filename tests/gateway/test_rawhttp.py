@@ -160,7 +160,7 @@ async def test_chunked_body_is_streamed_as_it_arrives() -> None:
 async def test_body_delimited_by_close_is_read_whole_and_the_connection_not_reused() -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"done\":")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"done":')
         await writer.drain()
         writer.write(b"true}")
         await writer.drain()
@@ -407,11 +407,18 @@ async def test_oversized_body_fails_instead_of_filling_memory(monkeypatch: pytes
         pool.close()
 
 
-async def test_bytes_on_an_idle_connection_retire_it() -> None:
+@pytest.mark.parametrize("later", [False, True], ids=["with-the-reply", "while-idle"])
+async def test_bytes_nobody_asked_for_retire_the_connection(later: bool) -> None:
+    extra = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra"
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
-        writer.write(ok(b"one") + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nextra")
+        writer.write(ok(b"one") + (b"" if later else extra))
         await writer.drain()
+        if later:
+            await asyncio.sleep(0.1)
+            writer.write(extra)
+            await writer.drain()
         await reader.read()
 
     server = Scripted(handler)
@@ -420,6 +427,8 @@ async def test_bytes_on_an_idle_connection_retire_it() -> None:
         response = await pool.request("POST", [], b"{}")
         assert await response.read() == b"one"
         response.release()
+        if later:
+            assert pool._idle  # idle and reusable until the stray bytes come
         for _ in range(100):
             if not pool._all:
                 break

@@ -79,6 +79,8 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[Event]:
         text = self._decode(chunk)
+        if not text:
+            return []  # nothing decodable yet (an empty chunk, or part of one character)
         if self._skip_lf and text.startswith("\n"):
             text = text[1:]
         self._skip_lf = False
@@ -166,7 +168,8 @@ class WireChannel:
         # The client's defaults first, then the transport's own (they win, as in the SDK's transport).
         base = {key.lower(): value for key, value in headers.items()}
         base.update({"content-type": "application/json", "accept": "application/json, text/event-stream"})
-        base.pop("authorization", None)  # only `bearer` sets it, as only UpstreamBearerAuth does on the SDK path
+        if bearer is not None:
+            base.pop("authorization", None)  # the token replaces it, as UpstreamBearerAuth's does on the SDK path
         self._headers = list(base.items())
         self._bearer = bearer
         self._on_notification = on_notification

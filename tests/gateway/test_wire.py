@@ -1,0 +1,389 @@
+"""The raw upstream channel (gateway/wire.py): the event-stream parser, how each kind of reply is
+handled against a scripted ASGI upstream, and the channel inside `Upstream` against the SDK's
+own streamable-HTTP server (both protocol eras, log relay, 401 → refresh through the SDK path)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mcp.shared.exceptions import MCPError
+from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
+from starlette.types import Receive, Scope, Send
+
+from bastion.config.settings import GatewaySettings
+from bastion.gateway.rawhttp import RawHTTPError
+from bastion.gateway.runtime import Gateway
+from bastion.gateway.upstream import Upstream, UpstreamState
+from bastion.gateway.wire import Event, Resend, SSEDecoder, WireChannel
+
+from .conftest import remote_entry, serve_in_process
+from .servers.echo_server import build
+from .test_gateway import RecordAuthorization, Tokens
+
+pytestmark = pytest.mark.anyio
+
+FAST = GatewaySettings(connect_timeout=10, request_timeout=5, restart_max=0)
+
+
+# -- the event-stream parser (WHATWG HTML §9.2.6) ---------------------------------------------------
+
+STREAM = (
+    "\ufeff: a comment\r\n"
+    "id: 7\r\n"
+    "\r\n"  # a priming event: an id, no data — nothing is dispatched
+    "data: first\r\n"
+    "data:second\r\n\r\n"
+    "event: other\r"
+    "data: é ünïcode ✓\r\r"
+    "retry: 10\n"
+    "data\n\n"
+    "data: trailing, never ended"
+)
+EXPECTED = [Event("message", "first\nsecond", "7"), Event("other", "é ünïcode ✓", "7"), Event("message", "", "7")]
+
+
+def test_event_stream_fields_line_endings_and_bom() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(STREAM.encode()) == EXPECTED
+
+
+@pytest.mark.parametrize("pieces", [[b"data: a\r", b"\ndata: b\r\n\r\n"], [b"data: a\r", b"", b"\ndata: b\r\n\r\n"]])
+def test_crlf_split_across_chunks_is_one_line_ending(pieces: list[bytes]) -> None:
+    decoder = SSEDecoder()
+    assert [event for piece in pieces for event in decoder.feed(piece)] == [Event("message", "a\nb", None)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM.encode())), max_size=12))
+def test_any_split_of_the_bytes_gives_the_same_events(cuts: list[int]) -> None:
+    """Chunks may end inside a CRLF or inside a multi-byte character."""
+    data = STREAM.encode()
+    points = sorted(set(cuts))
+    pieces = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    decoder = SSEDecoder()
+    events = [event for piece in pieces for event in decoder.feed(piece)]
+    assert events == EXPECTED
+
+
+# -- the channel against a scripted upstream ---------------------------------------------------------
+
+Reply = Callable[[dict[str, Any], dict[str, str]], tuple[int, list[tuple[str, str]], list[bytes]]]
+
+
+class Scripted:
+    """An ASGI upstream: `reply(message, headers)` gives status, headers and body chunks; every
+    request (headers, parsed body) and client disconnect is recorded."""
+
+    def __init__(self, reply: Reply) -> None:
+        self.reply = reply
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.disconnected = anyio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        parsed = json.loads(body)
+        self.requests.append((headers, parsed))
+        status, out_headers, chunks = self.reply(parsed, headers)
+        raw = [(k.encode(), v.encode()) for k, v in out_headers]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await anyio.sleep(0)
+        if chunks and chunks[-1] == b"<hold>":
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.disconnected.set()
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def json_reply(result: Any, **extra: Any) -> Reply:
+    def reply(message: dict[str, Any], headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+        outcome = {"result": result} if result is not None else {}
+        body = {"jsonrpc": "2.0", "id": message.get("id"), **outcome, **extra}
+        return 200, [("content-type", "application/json")], [json.dumps(body).encode()]
+
+    return reply
+
+
+def sse(*messages: dict[str, Any] | str) -> list[bytes]:
+    return [(m if isinstance(m, str) else f"event: message\ndata: {json.dumps(m)}\n\n").encode() for m in messages]
+
+
+async def channel_for(
+    app: Scripted, *, bearer: str | None = None, headers: dict[str, str] | None = None
+) -> AsyncIterator[tuple[WireChannel, list[dict[str, Any]]]]:
+    notes: list[dict[str, Any]] = []
+
+    async def token() -> str | None:
+        return bearer
+
+    async for base in serve_in_process(app):
+        wire = WireChannel(
+            f"{base}/mcp",
+            headers or {"user-agent": "test-agent", "accept": "*/*"},
+            bearer=token if bearer is not None else None,
+            on_notification=notes.append,
+        )
+        try:
+            yield wire, notes
+        finally:
+            wire.close()
+
+
+async def test_json_reply_gives_the_result_and_the_request_carries_the_transport_headers() -> None:
+    app = Scripted(json_reply({"content": [], "isError": False}))
+    async for wire, _ in channel_for(app, bearer="tok-1"):
+        wire.session_id = "s-1"
+        result = await wire.request("tools/call", {"name": "echo"}, {"MCP-Protocol-Version": "2025-11-25"})
+        assert result == {"content": [], "isError": False}
+        headers, body = app.requests[0]
+        assert body == {"jsonrpc": "2.0", "id": body["id"], "method": "tools/call", "params": {"name": "echo"}}
+        assert headers["accept"] == "application/json, text/event-stream"  # not the client default */*
+        assert headers["content-type"] == "application/json"
+        assert headers["user-agent"] == "test-agent"
+        assert headers["mcp-session-id"] == "s-1"
+        assert headers["mcp-protocol-version"] == "2025-11-25"
+        assert headers["authorization"] == "Bearer tok-1"
+        assert wire.sent == 1
+
+
+async def test_static_authorization_header_is_kept_without_oauth_and_replaced_with_it() -> None:
+    app = Scripted(json_reply({}))
+    static = {"authorization": "Bearer api-key"}
+    async for wire, _ in channel_for(app, headers=static):
+        await wire.request("tools/call", {"name": "echo"}, {})
+    async for wire, _ in channel_for(app, headers=static, bearer="oauth-token"):
+        await wire.request("tools/call", {"name": "echo"}, {})
+    assert [h["authorization"] for h, _ in app.requests] == ["Bearer api-key", "Bearer oauth-token"]
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 307])
+async def test_replies_that_mean_not_run_hand_the_request_back(status: int) -> None:
+    app = Scripted(lambda m, h: (status, [("www-authenticate", "Bearer")], [b""]))
+    async for wire, _ in channel_for(app):
+        with pytest.raises(Resend):
+            await wire.request("tools/call", {"name": "echo"}, {})
+        assert wire.sent == 0
+
+
+async def test_unreachable_upstream_hands_the_request_back() -> None:
+    wire = WireChannel("http://127.0.0.1:9/mcp", {}, bearer=None, on_notification=lambda m: None)
+    with pytest.raises(Resend):
+        await wire.request("tools/call", {"name": "echo"}, {})
+    wire.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "code", "message"),
+    [
+        (lambda m, h: (202, [], [b""]), INVALID_REQUEST, "202 Accepted"),
+        (lambda m, h: (500, [("content-type", "text/html")], [b"<h1>oops</h1>"]), INTERNAL_ERROR, "error response"),
+        (
+            lambda m, h: (
+                400,
+                [("content-type", "application/json")],
+                [b'{"jsonrpc":"2.0","id":null,"error":{"code":-32602,"message":"bad name"}}'],
+            ),
+            -32602,
+            "bad name",
+        ),
+        (lambda m, h: (200, [("content-type", "text/plain")], [b"hi"]), INVALID_REQUEST, "Unexpected content type"),
+        (
+            lambda m, h: (200, [("content-type", "application/json")], [b'{"jsonrpc":"2.0","id":"other","result":{}}']),
+            PARSE_ERROR,
+            "not this request's reply",
+        ),
+        (lambda m, h: (200, [("content-type", "application/json")], [b"{not json"]), PARSE_ERROR, "Failed to parse"),
+        (json_reply(None, error={"code": -32001, "message": "tool said no"}), -32001, "tool said no"),
+        (json_reply([1, 2]), PARSE_ERROR, "not an object"),
+    ],
+)
+async def test_other_replies_fail_as_the_sdk_transport_words_them(reply: Reply, code: int, message: str) -> None:
+    async for wire, _ in channel_for(Scripted(reply)):
+        with pytest.raises(MCPError, match=message) as caught:
+            await wire.request("tools/call", {"name": "echo"}, {})
+        assert caught.value.error.code == code
+
+
+async def test_event_stream_reply_relays_notifications_and_answers_server_requests() -> None:
+    def reply(message: dict[str, Any], headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+        if "method" not in message:  # our answers to the server's requests
+            return 202, [], [b""]
+        log = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": "hi"}}
+        return (
+            200,
+            [("content-type", "text/event-stream")],
+            sse(
+                "id: prime\ndata:\n\n",
+                log,
+                {"jsonrpc": "2.0", "id": 90, "method": "ping"},
+                {"jsonrpc": "2.0", "id": 91, "method": "sampling/createMessage", "params": {}},
+                {"jsonrpc": "2.0", "id": 92, "method": "vendor/thing"},
+                "event: unknown\ndata: {}\n\n",
+                {"jsonrpc": "2.0", "id": "whatever", "result": {"content": [{"type": "text", "text": "ok"}]}},
+            ),
+        )
+
+    app = Scripted(reply)
+    async for wire, notes in channel_for(app):
+        result = await wire.request("tools/call", {"name": "echo"}, {})
+        assert result == {"content": [{"type": "text", "text": "ok"}]}
+        assert [n["method"] for n in notes] == ["notifications/message"]
+        answers = {body["id"]: body for _, body in app.requests[1:]}
+        assert answers[90]["result"] == {}
+        assert answers[91]["error"] == {"code": INVALID_REQUEST, "message": "Sampling not supported"}
+        assert answers[92]["error"]["code"] == -32601
+
+
+async def test_event_stream_that_ends_without_a_reply_is_a_broken_connection() -> None:
+    app = Scripted(lambda m, h: (200, [("content-type", "text/event-stream")], sse("id: 1\ndata:\n\n")))
+    async for wire, _ in channel_for(app):
+        with pytest.raises(RawHTTPError, match="ended without a reply"):
+            await wire.request("tools/call", {"name": "echo"}, {})
+
+
+async def test_abandoned_2025_request_is_cancelled_with_a_notification() -> None:
+    def reply(message: dict[str, Any], headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], list[bytes]]:
+        if message.get("method") == "notifications/cancelled":
+            return 202, [], [b""]
+        return 200, [("content-type", "text/event-stream")], [b": working\n\n", b"<hold>"]
+
+    app = Scripted(reply)
+    async for wire, _ in channel_for(app):
+        wire.session_id = "s-9"
+        with anyio.move_on_after(0.5):
+            await wire.request("tools/call", {"name": "hang"}, {"mcp-protocol-version": "2025-11-25"})
+        with anyio.fail_after(5):
+            await app.disconnected.wait()
+            while len(app.requests) < 2:
+                await anyio.sleep(0.01)
+        (_, call), (headers, cancel) = app.requests
+        assert cancel["method"] == "notifications/cancelled"
+        assert cancel["params"]["requestId"] == call["id"]
+        assert headers["mcp-session-id"] == "s-9"
+        assert headers["mcp-protocol-version"] == "2025-11-25"
+
+
+async def test_abandoned_2026_request_is_cancelled_by_closing_its_stream() -> None:
+    app = Scripted(lambda m, h: (200, [("content-type", "text/event-stream")], [b": working\n\n", b"<hold>"]))
+    async for wire, _ in channel_for(app):
+        with anyio.move_on_after(0.5):
+            await wire.request("tools/call", {"name": "hang"}, {"mcp-protocol-version": "2026-07-28"})
+        with anyio.fail_after(5):
+            await app.disconnected.wait()
+        assert len(app.requests) == 1  # no notification on the 2026 wire
+
+
+# -- inside Upstream, against the SDK's streamable-HTTP server ---------------------------------------
+
+
+@pytest.fixture
+async def web() -> AsyncIterator[tuple[str, RecordAuthorization]]:
+    recorder = RecordAuthorization(build("web").streamable_http_app())
+    async for base in serve_in_process(recorder):
+        yield f"{base}/mcp", recorder
+
+
+@asynccontextmanager
+async def running_upstream(upstream: Upstream) -> AsyncIterator[Upstream]:
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(upstream.run)
+        with anyio.fail_after(10):
+            while upstream.state is not UpstreamState.READY:
+                await anyio.sleep(0.02)
+        try:
+            yield upstream
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def _no_secret(name: str) -> str | None:
+    return None
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_calls_ride_the_raw_channel_on_one_connection(web: tuple[str, RecordAuthorization], mode: str) -> None:
+    url, _ = web
+    entry = remote_entry("web", url)
+    upstream = Upstream(entry, FAST, token_provider=None, secret_lookup=_no_secret, on_change=lambda u: None, mode=mode)
+    async with running_upstream(upstream) as running:
+        wire = running._wire
+        assert wire is not None
+        assert (wire.session_id is not None) == (mode == "legacy")
+        for index in range(20):
+            result = await running.send_raw("tools/call", {"name": "echo", "arguments": {"text": str(index)}})
+            assert result["content"][0]["text"] == str(index)
+        resource = await running.send_raw("resources/read", {"uri": "web://hello"})
+        assert resource["contents"][0]["text"] == "hello from web"
+        assert wire.sent == 21
+        # An SSE reply is used as soon as its event arrives; the end of its chunked body can come a
+        # moment later, so a call right after it may open a second connection. Never one per call.
+        assert wire.connections_opened <= 2
+
+
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")  # the server's `ctx.warning`
+async def test_log_messages_on_a_raw_reply_are_relayed(web: tuple[str, RecordAuthorization]) -> None:
+    url, _ = web
+    logs: list[tuple[str, Any]] = []
+    upstream = Upstream(
+        remote_entry("web", url),
+        FAST,
+        token_provider=None,
+        secret_lookup=_no_secret,
+        on_change=lambda u: None,
+        on_log=lambda server, params: logs.append((server, params.data)),
+        mode="legacy",
+    )
+    async with running_upstream(upstream) as running:
+        result = await running.send_raw("tools/call", {"name": "log", "arguments": {"text": "careful"}})
+        assert result["content"][0]["text"] == "logged"
+        assert running._wire is not None and running._wire.sent == 1
+        assert logs == [("web", "careful")]
+
+
+async def test_401_on_the_raw_channel_is_refreshed_through_the_sdk_path_once() -> None:
+    recorder = RecordAuthorization(build("web").streamable_http_app(), require="first")
+    async for base in serve_in_process(recorder):
+        tokens = Tokens("first", renewed="second")
+        entry = remote_entry("web", f"{base}/mcp", oauth={"providers": [{"provider": "web"}]})
+        async with Gateway([entry], FAST, token_provider=tokens) as gateway:
+            upstream = gateway.pool.upstreams["web"]
+            wire = upstream._wire
+            assert wire is not None
+            recorder.require = "second"  # the server revoked "first"
+            for text in ("a", "b", "c"):
+                result = await gateway.pool.call_tool_raw("web__echo", {"text": text})
+                assert result["content"][0]["text"] == text
+            assert tokens.refreshes == 1
+            assert wire.sent == 2  # the first call went through the SDK path, the next two raw
+            assert upstream.state is UpstreamState.READY
+
+
+async def test_channel_is_off_with_bastion_wire_0_or_a_proxy(
+    web: tuple[str, RecordAuthorization], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = web
+    for variable, value in (("BASTION_WIRE", "0"), ("HTTPS_PROXY", "http://127.0.0.1:9")):
+        with monkeypatch.context() as patch:
+            patch.setenv(variable, value)
+            patch.setenv("NO_PROXY", "127.0.0.1")
+            async with Gateway([remote_entry("web", url)], FAST) as gateway:
+                assert gateway.pool.upstreams["web"]._wire is None
+                result = await gateway.pool.call_tool_raw("web__echo", {"text": "still works"})
+                assert result["content"][0]["text"] == "still works"
