@@ -238,19 +238,21 @@ def render(data: dict[str, Any]) -> str:
             f"## 3. Throughput (calls/s; {tp['seconds_per_point']} s per point, one session per client,"
             " all clients in the bench process)",
             "",
-            "Bastion = the lean path (the default); generic = the same gateway with `BASTION_LEAN_PATH=0`,"
+            "Bastion = the default (lean path + raw upstream channel); no wire = the lean path with"
+            " `BASTION_WIRE=0` (upstream through the SDK client); generic = `BASTION_LEAN_PATH=0`; all"
             " measured in the same rounds.",
             "",
-            "| clients | mode | direct | Bastion (lean) | lean / direct | generic | generic / direct |"
-            " errors (direct / lean / generic) |",
-            "|---|---|---|---|---|---|---|---|",
+            "| clients | mode | direct | Bastion | Bastion / direct | no wire | no wire / direct | generic |"
+            " generic / direct | errors (direct / Bastion / no wire / generic) |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in tp["table"]:
             lines.append(
                 f"| {row['clients']} | {MODE_NAMES.get(row['mode'], row['mode'])} | {_f(row['direct'], 0)} |"
-                f" {_f(row['bastion'], 0)} | {_f(row['ratio'])} | {_f(row.get('generic'), 0)} |"
+                f" {_f(row['bastion'], 0)} | {_f(row['ratio'])} | {_f(row.get('nowire'), 0)} |"
+                f" {_f(row.get('nowire_ratio'))} | {_f(row.get('generic'), 0)} |"
                 f" {_f(row.get('generic_ratio'))} | {row['direct_errors']} / {row['bastion_errors']}"
-                f" / {row.get('generic_errors', '—')} |"
+                f" / {row.get('nowire_errors', '—')} / {row.get('generic_errors', '—')} |"
             )
     if "scale" in data:
         lines += [

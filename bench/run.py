@@ -145,11 +145,18 @@ def make_home(path: Path, catalog: dict[str, Any], config: dict[str, Any] | None
 
 
 def start_gateway(
-    env: dict[str, str], log_dir: Path, *, counting: bool = False, name: str = "gateway", lean: bool = True
+    env: dict[str, str],
+    log_dir: Path,
+    *,
+    counting: bool = False,
+    name: str = "gateway",
+    lean: bool = True,
+    wire: bool = True,
 ) -> Proc:
-    """`bastion gateway run` on HTTP; `lean=False` runs the SDK's generic path (BASTION_LEAN_PATH=0)."""
+    """`bastion gateway run` on HTTP; `lean=False` runs the SDK's generic path (BASTION_LEAN_PATH=0),
+    `wire=False` the lean path without the raw upstream channel (BASTION_WIRE=0)."""
     argv = [PY, COUNTING_GATEWAY] if counting else [PY, "-m", "bastion"]
-    env = {**env, "BASTION_LEAN_PATH": "1" if lean else "0"}
+    env = {**env, "BASTION_LEAN_PATH": "1" if lean else "0", "BASTION_WIRE": "1" if wire else "0"}
     proc = Proc(name, [*argv, "gateway", "run", "--transport", "streamable-http", "--port", "0"], log_dir, env=env)
     proc.wait_for(r"gateway listening on http://\S+", 60)
     return proc
@@ -250,6 +257,9 @@ class Bench:
         generic = start_gateway(env, self.logs, name="gateway-generic", lean=False)
         generic_url = gateway_url(generic)
         wait_health(generic_url, lambda h: h["upstreams_ready"] == 2)
+        nowire = start_gateway(env, self.logs, name="gateway-nowire", wire=False)
+        nowire_url = gateway_url(nowire)
+        wait_health(nowire_url, lambda h: h["upstreams_ready"] == 2)
         stdio_gateway = [PY, "-m", "bastion", "gateway", "run", "--transport", "stdio"]
 
         def stdio_front(marker: str) -> Callable[[], int | None]:
@@ -275,6 +285,15 @@ class Bench:
                 "stdio",
                 "bastion",
                 lambda: gateway.pid,
+            ),
+            LatencyPath(
+                "bastion-http-http-nowire",
+                "Bastion lean path without the raw upstream channel (BASTION_WIRE=0), HTTP → HTTP",
+                http_connect(nowire_url),
+                "up-http__echo",
+                "http",
+                "bastion",
+                lambda: nowire.pid,
             ),
             LatencyPath(
                 "bastion-http-http-generic",
@@ -344,6 +363,7 @@ class Bench:
         }
         gateway.stop()
         generic.stop()
+        nowire.stop()
         await self.steady_state(env)
         echo.stop()
 
@@ -484,9 +504,13 @@ class Bench:
         generic = start_gateway(env, self.logs, name="gateway-generic", lean=False)
         generic_url = gateway_url(generic)
         wait_health(generic_url, lambda h: h["upstreams_ready"] == 1)
+        nowire = start_gateway(env, self.logs, name="gateway-nowire", wire=False)
+        nowire_url = gateway_url(nowire)
+        wait_health(nowire_url, lambda h: h["upstreams_ready"] == 1)
         paths = {
             "direct": (http_connect(echo_url), "echo"),
             "bastion": (http_connect(gw_url), "up-http__echo"),
+            "nowire": (http_connect(nowire_url), "up-http__echo"),
             "generic": (http_connect(generic_url), "up-http__echo"),
         }
         points: list[dict[str, Any]] = []
@@ -507,6 +531,7 @@ class Bench:
         finally:
             gateway.stop()
             generic.stop()
+            nowire.stop()
             echo.stop()
         table: list[dict[str, Any]] = []
         for clients in cfg.tp_clients:
@@ -516,7 +541,7 @@ class Bench:
                     sel = [p for p in points if p["clients"] == clients and p["mode"] == mode and p["path"] == key]
                     row[key] = median([p["calls_per_s"] for p in sel])
                     row[f"{key}_errors"] = sum(p["errors"] for p in sel)
-                ratios: dict[str, list[float]] = {"bastion": [], "generic": []}
+                ratios: dict[str, list[float]] = {"bastion": [], "nowire": [], "generic": []}
                 for index in range(cfg.tp_rounds):
                     pair = {
                         p["path"]: p["calls_per_s"]
@@ -528,6 +553,7 @@ class Bench:
                             ratios[key].append(pair[key] / pair["direct"])
                 row["ratio"] = median(ratios["bastion"])
                 row["generic_ratio"] = median(ratios["generic"])
+                row["nowire_ratio"] = median(ratios["nowire"])
                 table.append(row)
         self.results["throughput"] = {"points": points, "table": table, "seconds_per_point": cfg.tp_seconds}
 

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp
 from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import GatewayError, NeedsAuthorizationError, UpstreamError
+from bastion.gateway.coalesce import CoalescingHttpToolsProtocol, coalesce_enabled
 from bastion.gateway.naming import SEPARATOR
 from bastion.gateway.pool import Pool
 from bastion.gateway.security import GatewaySecurityMiddleware, gateway_token
@@ -295,7 +296,13 @@ async def _serve_http(
     )
     if wrap is not None:
         app = wrap(app, token)
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+        http=CoalescingHttpToolsProtocol if coalesce_enabled() else "auto",
+    )
     server = _Uvicorn(config)
     endpoint = "/sse" if transport == "sse" else "/mcp"
     print(f"bastion: gateway listening on http://{host}:{port}{endpoint}", file=sys.stderr, flush=True)

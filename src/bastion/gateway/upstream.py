@@ -277,6 +277,8 @@ class Upstream:
         self._on_log_message = on_log
         self._mode = mode
         self._session: ClientSession | None = None
+        self._raw: tuple[_StampFn, Dispatcher[Any]] | None = None
+        """The held session's stamp and dispatcher (`_raw_channel`), looked up once per session."""
         self._wire: WireChannel | None = None
         """The raw channel of the held session (streamable-HTTP upstreams), see `send_raw`."""
         self._next_wire: WireChannel | None = None
@@ -313,6 +315,7 @@ class Upstream:
                 logger.info("upstream %r: connection failed: %s", self.name, error, exc_info=logger.isEnabledFor(10))
             finally:
                 self._session = None
+                self._raw = None
                 self._wire = self._next_wire = None
             if self._auth_problem is not None:
                 self._park(
@@ -370,6 +373,7 @@ class Upstream:
                 connected = True
                 self._connect_scope = None
                 self._session = session
+                self._raw = _raw_channel(session)
                 self._wire = self._next_wire
                 self.protocol_version = session.protocol_version
                 self.listing = listing
@@ -528,6 +532,7 @@ class Upstream:
     def _drop_session(self, session: ClientSession) -> None:
         if self._session is session:
             self._session = None
+            self._raw = None
             self._wire = None
             self._set_state(UpstreamState.DISCONNECTED)
 
@@ -603,7 +608,7 @@ class Upstream:
     def can_send_raw(self) -> bool:
         """Whether `send_raw` can use the held session's raw channel (see there)."""
         session = self._session
-        return session is not None and _raw_channel(session) is not None
+        return session is not None and self._raw is not None
 
     async def send_raw(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Forward one request, given as its wire params, over the held session without the typed layer.
@@ -624,7 +629,7 @@ class Upstream:
         session = self._session
         if session is None:
             raise MCPError(code=INTERNAL_ERROR, message=self.unavailable_message())
-        channel = _raw_channel(session)
+        channel = self._raw
         if channel is None:  # pragma: no cover - guarded by can_send_raw()
             raise MCPError(code=INTERNAL_ERROR, message=self.unavailable_message())
         stamp, dispatcher = channel

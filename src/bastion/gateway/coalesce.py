@@ -1,0 +1,83 @@
+"""One `send` per response instead of two: uvicorn's httptools protocol with coalesced writes.
+
+uvicorn writes a response's status line and headers as soon as the app sends
+`http.response.start`, and the body separately. On loopback each `send` costs a syscall plus the
+kernel's receive path for the peer, and a client that reads as data arrives wakes up twice
+(docs/benchmarks.md, "socket sends"). Here the connection's transport is wrapped so that every
+write made during one event-loop step is joined and sent once, at the start of the next step
+(`loop.call_soon`): the head and body of a JSON reply leave together; a stream's events still
+leave as they are produced, one step later at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Final
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+COALESCE_ENV: Final = "BASTION_COALESCE"
+
+
+def coalesce_enabled() -> bool:
+    """On unless `BASTION_COALESCE=0` (for measuring it against uvicorn's own protocol)."""
+    return os.environ.get(COALESCE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class CoalescingTransport:
+    """Delegates to the real transport; `write`s of one loop step become one `write`."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(len(chunk) for chunk in self._pending)
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self._flush()  # what was written before close() still goes out, as with the real transport
+        self._transport.close()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._flush()  # an upgrade (websocket) takes over the connection after what was written
+        self._transport.set_protocol(protocol)
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class CoalescingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol on a `CoalescingTransport` (pass as `uvicorn.Config(http=...)`)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
