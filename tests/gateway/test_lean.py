@@ -315,3 +315,48 @@ def test_accept_parsing_matches_the_sdk() -> None:
     assert accepts("application/*;q=0.5, text/*") == (True, True)
     assert accepts("application/json") == (True, False)
     assert accepts("") == (False, False)
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+async def test_silent_call_is_kept_alive_with_sse_comments_then_answered(
+    sides: tuple[Side, Side], era: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both SDK transports send `: ping` comments on a silent response; a 2026 reply that was
+    going to be plain JSON commits to SSE at the first one and ends with the reply event."""
+    monkeypatch.setattr("bastion.gateway.lean.SSE_PING_INTERVAL", 0.2)
+    lean, _ = sides
+    if era == "legacy":
+        await lean.open_legacy()
+        reply = await lean.legacy(call("one__hang", {}, 21))
+    else:
+        reply = await lean.modern("tools/call", {"name": "one__hang", "arguments": {}}, request_id=21)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"] == "text/event-stream"
+    body = reply.content
+    assert body.startswith(b": ping\r\n\r\n")
+    assert body.count(b": ping") >= 3  # the call takes request_timeout (3 s); at least a few pings
+    last = json.loads(body.rsplit(b"data: ", 1)[1])
+    assert last["id"] == 21
+    assert "did not answer tools/call within 3s" in last["error"]["message"]
+
+
+async def test_client_leaving_cancels_the_upstream_call() -> None:
+    """The upstream request of a call whose client hung up is abandoned (on the 2026 wire, by
+    closing its connection), not left running until the request timeout."""
+    recorder = RecordAuthorization(build("web").streamable_http_app())
+    patient = GatewaySettings(connect_timeout=10, request_timeout=30, restart_max=0)
+    async for upstream_base in serve_in_process(recorder):
+        async with Gateway([remote_entry("web", f"{upstream_base}/mcp")], patient) as gateway:
+            wire = gateway.pool.upstreams["web"]._wire
+            assert wire is not None
+            app = http_app(gateway.server, gateway.pool, lean=True)
+            async for base in serve_in_process(app):
+                impatient = Side(base, app)
+                impatient.http.timeout = httpx2.Timeout(1.0)
+                with pytest.raises(httpx2.ReadTimeout):
+                    await impatient.modern("tools/call", {"name": "web__hang", "arguments": {}})
+                await impatient.http.aclose()  # the client gave up and left
+                with anyio.fail_after(10):  # far less than the 30 s request timeout
+                    while wire._pool._all:
+                        await anyio.sleep(0.01)
+                assert lean_of(app).served == 1

@@ -464,53 +464,56 @@ class LeanPath:
     ) -> _Outcome | _Committed | None:
         """Run `call` until it finishes, the client leaves (None) or, for a 2025 session,
         `notifications/cancelled` names it (None). A silent call past `SSE_PING_INTERVAL` gets SSE
-        comments; on the 2026 wire that first commits `text/event-stream` as the SDK does."""
-        outcome: list[_Outcome] = []
-        done = anyio.Event()
+        comments; on the 2026 wire that first commits `text/event-stream` as the SDK does.
 
-        async def work() -> None:
-            try:
-                value = await call()
-            except MCPError as exc:
-                outcome.append(exc.error)
-            except Exception as exc:  # the boundary the SDK's dispatchers draw around a handler
-                logger.exception("lean request handler raised")
-                outcome.append(exc)
-            else:
-                outcome.append(value)
-            done.set()
-
-        async def watch_disconnect() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
-
-        committed = sse_committed
+        The call runs in this task; one guard task watches for the client leaving and sends the
+        pings (one task, no event: this is on every lean request)."""
+        state = _Stream(sse_committed)
+        outcome: _Outcome | None = None
+        finished = False
         async with anyio.create_task_group() as tg:
             if key is not None:
                 self._inflight[key] = tg.cancel_scope
             try:
-                tg.start_soon(work)
-                tg.start_soon(watch_disconnect)
-                while not done.is_set():
-                    with anyio.move_on_after(SSE_PING_INTERVAL):
-                        await done.wait()
-                    if done.is_set():
-                        break
-                    if not committed:
-                        await send({"type": "http.response.start", "status": 200, "headers": _MODERN_SSE_HEADERS})
-                        committed = True
-                    await send({"type": "http.response.body", "body": ping, "more_body": True})
+                tg.start_soon(_guard, receive, send, ping, state, tg.cancel_scope)
+                try:
+                    outcome = await call()
+                except MCPError as exc:
+                    outcome = exc.error
+                except Exception as exc:  # the boundary the SDK's dispatchers draw around a handler
+                    logger.exception("lean request handler raised")
+                    outcome = exc
+                finished = True
                 tg.cancel_scope.cancel()
             finally:
                 if key is not None:
                     self._inflight.pop(key, None)
-        if not outcome:
+        if not finished or outcome is None:
             return None
-        value = outcome[0]
-        if committed and not sse_committed:
-            return _Committed(value)
-        return value
+        if state.committed and not sse_committed:
+            return _Committed(outcome)
+        return outcome
+
+
+class _Stream:
+    """Whether the response has committed to SSE (the guard's pings can commit a 2026 reply)."""
+
+    def __init__(self, committed: bool) -> None:
+        self.committed = committed
+
+
+async def _guard(receive: Receive, send: Send, ping: bytes, state: _Stream, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` when the client leaves; keep a silent response alive with SSE comments."""
+    while True:
+        with anyio.move_on_after(SSE_PING_INTERVAL):
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            scope.cancel()
+            return
+        if not state.committed:
+            await send({"type": "http.response.start", "status": 200, "headers": _MODERN_SSE_HEADERS})
+            state.committed = True
+        await send({"type": "http.response.body", "body": ping, "more_body": True})
 
 
 _Outcome = bytes | dict[str, Any] | ErrorData | Exception
