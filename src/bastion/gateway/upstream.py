@@ -423,8 +423,10 @@ class Upstream:
                 sse_read_timeout=max(SSE_READ_TIMEOUT, self._request_timeout),
                 auth=auth,
             )
-        # One client per session, reused by every request on it (no per-call client or SSL context).
-        http_client = httpx2.AsyncClient(headers=headers, auth=auth, timeout=timeout)
+        # One client per session, reused by every request on it (no per-call client), on the
+        # process's one TLS context: building one per client cost ~25 ms each, half the start-up
+        # time of 100 upstreams (docs/benchmarks.md).
+        http_client = httpx2.AsyncClient(headers=headers, auth=auth, timeout=timeout, verify=_tls_context())
         wire = self._wire_channel(remote.url, http_client, auth)
         if wire is not None:
             stack.callback(wire.close)
@@ -446,7 +448,7 @@ class Upstream:
                 dict(http_client.headers),
                 bearer=auth.token if auth is not None else None,
                 on_notification=self._on_wire_notification,
-                ssl_context=_tls_context() if url.lower().startswith("https:") else None,
+                ssl_context=_tls_context(),
                 connect_timeout=self.settings.connect_timeout,
             )
         except ValueError as exc:
@@ -711,7 +713,8 @@ _TLS: list[ssl.SSLContext] = []
 
 
 def _tls_context() -> ssl.SSLContext:
-    """httpx2's default context (same trust store and settings), built once: it costs ~25 ms."""
+    """httpx2's default context (same trust store and settings, `SSL_CERT_FILE` etc. honoured),
+    built once per process and shared by every upstream's clients: each costs ~25 ms to build."""
     if not _TLS:
         _TLS.append(httpx2.create_ssl_context())
     return _TLS[0]
