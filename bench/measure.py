@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -10,6 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import httpx2
@@ -215,3 +217,49 @@ async def list_wire_latencies(url: str, reps: int, seconds: float) -> dict[str, 
             json.loads(response.content)
             samples.append((time.perf_counter_ns() - start) / 1e6)
     return summary(samples)
+
+
+async def list_bytes_latencies(url: str, reps: int, seconds: float) -> dict[str, Any]:
+    """tools/list split at the client's edge: one 2026-07-28 POST on a plain socket (no HTTP
+    library), timed to the reply's last byte — what the gateway costs — and, separately, the
+    client's `json.loads` of that reply. Returns {"last_byte": summary, "parse": summary, "bytes": n}."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    version = "2026-07-28"
+    meta = {"io.modelcontextprotocol/protocolVersion": version, "io.modelcontextprotocol/clientCapabilities": {}}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}).encode()
+    head = (
+        f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+        "accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n"
+        f"mcp-protocol-version: {version}\r\nmcp-method: tools/list\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    request = head.encode() + body
+    reader, writer = await asyncio.open_connection(host, port)
+    last: list[float] = []
+    parse: list[float] = []
+    size = 0
+
+    async def one() -> bytes:
+        writer.write(request)
+        status_and_headers = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in status_and_headers.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        return await reader.readexactly(length)
+
+    try:
+        await one()
+        deadline = time.perf_counter() + seconds
+        while len(last) < reps and time.perf_counter() < deadline:
+            start = time.perf_counter_ns()
+            reply = await one()
+            received = time.perf_counter_ns()
+            json.loads(reply)
+            parse.append((time.perf_counter_ns() - received) / 1e6)
+            last.append((received - start) / 1e6)
+            size = len(reply)
+    finally:
+        writer.close()
+    return {"last_byte": summary(last), "parse": summary(parse), "bytes": size}

@@ -39,6 +39,7 @@ from bench.measure import (
     call_latencies,
     checked_call,
     http_connect,
+    list_bytes_latencies,
     list_latencies,
     list_wire_latencies,
     median,
@@ -595,6 +596,7 @@ class Bench:
                     async with http_connect(url)("auto") as client:
                         listed = await list_latencies(client, cfg.list_reps, 20.0)
                     wire = await list_wire_latencies(url, cfg.list_reps, 20.0)
+                    served = await list_bytes_latencies(url, cfg.list_reps, 20.0)
                     rss = rss_mib(gateway.pid)
                 finally:
                     gateway.stop()
@@ -617,6 +619,9 @@ class Bench:
                         "list_raw": listed["raw"],
                         "list_typed": listed["typed"],
                         "list_wire": wire,
+                        "list_last_byte": served["last_byte"],
+                        "list_parse": served["parse"],
+                        "list_bytes": served["bytes"],
                         "list_raw_generic": listed_generic["raw"],
                         "list_wire_generic": wire_generic,
                         "rss_mib": rss,

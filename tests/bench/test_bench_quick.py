@@ -63,6 +63,9 @@ def test_throughput_scale_token_cli(quick_run: dict[str, Any]) -> None:
     for row in quick_run["scale"]:
         assert row["tools"] == row["expected_tools"], row
         assert _finite(row["all_listed_s"]) and _finite(row["list_raw"]["p50"]) and _finite(row["rss_mib"])
+        assert _finite(row["list_last_byte"]["p50"]) and _finite(row["list_parse"]["p50"]) and row["list_bytes"] > 0
+    for row in quick_run["throughput"]["table"]:
+        assert _finite(row["nowire"]) and row["nowire"] > 0, row  # the raw channel's before/after
     token = quick_run["token"]
     assert isinstance(token["refreshes_at_expiry"], int)
     assert _finite(token["at_expiry"]["p50"]) and _finite(token["baseline"]["p50"])
