@@ -360,3 +360,33 @@ async def test_client_leaving_cancels_the_upstream_call() -> None:
                     while wire._pool._all:
                         await anyio.sleep(0.01)
                 assert lean_of(app).served == 1
+
+
+async def test_mcp_param_headers_are_checked_where_the_schema_declares_them(sides: tuple[Side, Side]) -> None:
+    """2026-07-28 `x-mcp-header`: the lean path serves a call whose `Mcp-Param-*` headers agree
+    with its arguments, leaves a disagreeing one to the SDK (same reply either way), and skips the
+    check for tools that declare no such parameter."""
+    lean, generic = sides
+    arguments = {"region": "eu", "text": "x"}
+    cases = [
+        ("one__region", {"mcp-param-region": "eu"}, 200, True),
+        ("one__region", {"mcp-param-region": "us"}, 400, False),
+        ("one__region", {}, 400, False),
+        ("one__echo", {"mcp-param-region": "anything"}, 200, True),
+    ]
+    for name, headers, status, lean_serves in cases:
+        before = lean.served
+        params = {"name": name, "arguments": arguments if name == "one__region" else {"text": "x"}}
+        mine = await lean.modern("tools/call", params, **headers)
+        theirs = await generic.modern("tools/call", params, **headers)
+        assert comparable(mine) == comparable(theirs), name
+        assert mine.status_code == status, (name, headers, mine.content)
+        assert lean.served == before + lean_serves, (name, headers)
+    assert (
+        b"eu:x"
+        in (
+            await lean.modern(
+                "tools/call", {"name": "one__region", "arguments": arguments}, **{"mcp-param-region": "eu"}
+            )
+        ).content
+    )

@@ -177,7 +177,7 @@ async def test_health_reports_states_and_counts(gateway: Gateway, gateway_url: s
     assert health["upstreams_ready"] == 2
     by_name: dict[str, Any] = {entry["name"]: entry for entry in health["upstreams"]}
     assert by_name["one"]["state"] == "ready"
-    assert by_name["one"]["tools"] == 7
+    assert by_name["one"]["tools"] == 8
     assert by_name["one"]["last_error"] is None
 
 

@@ -25,6 +25,7 @@ progress, unknown sessions, cursors, unusual params, other methods — goes to t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -40,6 +41,7 @@ from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import (
     ERROR_CODE_HTTP_STATUS,
+    X_MCP_HEADER_KEY,
     InboundLadderRejection,
     classify_inbound_request,
     find_duplicated_routing_header,
@@ -67,6 +69,8 @@ REQUEST_CANCELLED: Final = -32800
 """What the SDK's 2025 transport answers a cancelled request with (`streamable_http.REQUEST_CANCELLED`)."""
 SSE_PING_INTERVAL: Final = 15.0
 """Both SDK transports keep a silent response alive with an SSE comment this often."""
+GUARD_AFTER: Final = 0.1
+"""A lean call still running after this long gets its guard task (client-left watch, pings)."""
 
 _ALLOWED_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "tools/call": frozenset({"name", "arguments", "_meta"}),
@@ -142,7 +146,8 @@ class LeanPath:
         """(session id, request id) -> the scope of a lean request, for `notifications/cancelled`."""
         self._cache_routes: Routes | None = None
         self._list_bytes: dict[str, bytes] = {}
-        self._schemas: dict[str, Any] = {}
+        self._schemas: dict[str, Any] | None = None
+        self._stamp: dict[str, Any] | None = None
         self.served = 0
         """Requests answered here (tests and the bench read it)."""
 
@@ -418,17 +423,25 @@ class LeanPath:
                 result["resultType"] = "complete"
             meta = result.get("_meta")
             if meta is None:
-                result["_meta"] = {SERVER_INFO_META_KEY: self._server.server_info_stamp}
+                result["_meta"] = {SERVER_INFO_META_KEY: self._server_info()}
             elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
-                result["_meta"] = {**meta, SERVER_INFO_META_KEY: self._server.server_info_stamp}
+                result["_meta"] = {**meta, SERVER_INFO_META_KEY: self._server_info()}
         return result
+
+    def _server_info(self) -> dict[str, Any]:
+        """The `serverInfo` stamp, dumped once: `Server.server_info_stamp` deep-copies it on every
+        access so that callers may mutate it; the result here is serialized at once and never
+        mutated, so one copy serves every reply."""
+        if self._stamp is None:
+            self._stamp = self._server.server_info_stamp
+        return self._stamp
 
     def _snapshot(self) -> None:
         routes = self._pool.routes
         if routes is not self._cache_routes:
             self._cache_routes = routes
             self._list_bytes = {}
-            self._schemas = {}
+            self._schemas = None
 
     def _tools_list(self, version: str) -> bytes | None:
         """The `tools/list` result as JSON bytes, built once per routing snapshot and version."""
@@ -448,8 +461,15 @@ class LeanPath:
 
     def _input_schemas(self) -> dict[str, Any]:
         self._snapshot()
-        if not self._schemas and self._cache_routes is not None:
-            self._schemas = {tool["name"]: tool.get("inputSchema") for tool in self._cache_routes.tools_wire}
+        if self._schemas is None:
+            assert self._cache_routes is not None
+            # Only schemas that annotate a parameter with `x-mcp-header` can fail the check; the
+            # rest are left out so their calls skip it (the SDK walks every schema on every call).
+            self._schemas = {
+                tool["name"]: schema
+                for tool in self._cache_routes.tools_wire
+                if X_MCP_HEADER_KEY in json.dumps(schema := tool.get("inputSchema"))
+            }
         return self._schemas
 
     async def _run(
@@ -466,16 +486,26 @@ class LeanPath:
         `notifications/cancelled` names it (None). A silent call past `SSE_PING_INTERVAL` gets SSE
         comments; on the 2026 wire that first commits `text/event-stream` as the SDK does.
 
-        The call runs in this task; one guard task watches for the client leaving and sends the
-        pings (one task, no event: this is on every lean request)."""
+        The call runs in this task, in a cancel scope. A guard task that watches for the client
+        leaving and sends the pings is started only when the call is still running after
+        `GUARD_AFTER` — most calls finish sooner, and a task per request was the largest single
+        cost of this layer (docs/benchmarks.md). A client that leaves is noticed within that delay.
+        """
         state = _Stream(sse_committed)
         outcome: _Outcome | None = None
         finished = False
-        async with anyio.create_task_group() as tg:
-            if key is not None:
-                self._inflight[key] = tg.cancel_scope
-            try:
-                tg.start_soon(_guard, receive, send, ping, state, tg.cancel_scope)
+        scope = anyio.CancelScope()
+        loop = asyncio.get_running_loop()
+        guard: list[asyncio.Task[None]] = []
+
+        def start_guard() -> None:
+            guard.append(loop.create_task(_guard(receive, send, ping, state, scope, SSE_PING_INTERVAL - GUARD_AFTER)))
+
+        timer = loop.call_later(GUARD_AFTER, start_guard)
+        if key is not None:
+            self._inflight[key] = scope
+        try:
+            with scope:
                 try:
                     outcome = await call()
                 except MCPError as exc:
@@ -484,10 +514,12 @@ class LeanPath:
                     logger.exception("lean request handler raised")
                     outcome = exc
                 finished = True
-                tg.cancel_scope.cancel()
-            finally:
-                if key is not None:
-                    self._inflight.pop(key, None)
+        finally:
+            timer.cancel()
+            for task in guard:
+                task.cancel()  # it cannot send again: it is resumed with CancelledError, if at all
+            if key is not None:
+                self._inflight.pop(key, None)
         if not finished or outcome is None:
             return None
         if state.committed and not sse_committed:
@@ -502,14 +534,18 @@ class _Stream:
         self.committed = committed
 
 
-async def _guard(receive: Receive, send: Send, ping: bytes, state: _Stream, scope: anyio.CancelScope) -> None:
+async def _guard(
+    receive: Receive, send: Send, ping: bytes, state: _Stream, scope: anyio.CancelScope, first_ping: float
+) -> None:
     """Cancel `scope` when the client leaves; keep a silent response alive with SSE comments."""
+    wait = first_ping
     while True:
-        with anyio.move_on_after(SSE_PING_INTERVAL):
+        with anyio.move_on_after(wait):
             while (await receive())["type"] != "http.disconnect":
                 pass
             scope.cancel()
             return
+        wait = SSE_PING_INTERVAL
         if not state.committed:
             await send({"type": "http.response.start", "status": 200, "headers": _MODERN_SSE_HEADERS})
             state.committed = True

@@ -2,17 +2,19 @@
 
     python echo_server.py [--name NAME] [--http PORT]     # stdio by default
 
-Tools: `echo`, `env` (reads an environment variable), `pid`, `crash` (the process exits),
-`hang` (never answers), `slow_progress` (reports progress). Also a prompt and a resource.
+Tools: `echo`, `region` (an `x-mcp-header` parameter), `env` (reads an environment variable), `pid`,
+`crash` (the process exits), `hang` (never answers), `slow_progress` (reports progress). Also a prompt and a resource.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from typing import Annotated
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
+from pydantic import Field
 
 
 def build(name: str = "echo") -> MCPServer:
@@ -22,6 +24,11 @@ def build(name: str = "echo") -> MCPServer:
     def echo(text: str) -> str:
         """Return the text."""
         return text
+
+    @server.tool()
+    def region(region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})], text: str = "") -> str:
+        """Return the region (a parameter mirrored into an `Mcp-Param-Region` header on the 2026 wire)."""
+        return f"{region}:{text}"
 
     @server.tool()
     def env(variable: str) -> str:
