@@ -64,6 +64,7 @@ ROOT = envs.ROOT
 PY = sys.executable
 ECHO = str(ROOT / "bench" / "servers" / "echo.py")
 FASTMCP_PROXY = str(ROOT / "bench" / "servers" / "fastmcp_proxy.py")
+RAW_FORWARDER = str(ROOT / "bench" / "servers" / "raw_forwarder.py")
 COUNTING_GATEWAY = str(ROOT / "bench" / "servers" / "counting_gateway.py")
 FIGURES = ("latency", "throughput", "scale", "token", "cli")
 
@@ -370,6 +371,25 @@ class Bench:
 
     def _alternative_paths(self, echo_url: str) -> list[LatencyPath]:
         paths: list[LatencyPath] = []
+        for client in ("httpx2", "rawhttp"):
+            port = free_port()
+            proc = Proc(
+                f"raw-forwarder-{client}",
+                [PY, RAW_FORWARDER, "--port", str(port), "--upstream", echo_url, "--client", client],
+                self.logs,
+            )
+            wait_port(port, proc)
+            paths.append(
+                LatencyPath(
+                    f"raw-forwarder-{client}",
+                    f"raw byte forwarder, no MCP (uvicorn + httptools, {client} client): the floor",
+                    http_connect(f"http://127.0.0.1:{port}/mcp"),
+                    "echo",
+                    "http",
+                    "alternative",
+                    lambda proc=proc: proc.pid,  # type: ignore[misc]
+                )
+            )
         fastmcp = envs.fastmcp_env()
         self.env_status["fastmcp"] = {"ok": fastmcp.ok, "detail": fastmcp.detail}
         if fastmcp.ok:
