@@ -410,3 +410,59 @@ async def test_upstream_clients_share_one_tls_context(
     async with Gateway(entries, FAST) as gateway:
         assert all(status.state is UpstreamState.READY for status in gateway.status())
     assert len(built) == 1
+
+
+class RecordBodies:
+    """ASGI wrapper keeping each request body's `params._meta`."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.metas: list[dict[str, Any]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        decoded = json.loads(body)
+        if isinstance(decoded, dict) and decoded.get("method") == "tools/call":
+            self.metas.append(decoded["params"].get("_meta", {}))
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def test_2026_log_opt_in_is_sent_only_while_someone_downstream_can_receive_logs() -> None:
+    recorder = RecordBodies(build("web").streamable_http_app())
+    listening = [False]
+    async for base in serve_in_process(recorder):
+        upstream = Upstream(
+            remote_entry("web", f"{base}/mcp"),
+            FAST,
+            token_provider=None,
+            secret_lookup=_no_secret,
+            on_change=lambda u: None,
+            log_listeners=lambda: listening[0],
+        )
+        async with running_upstream(upstream) as running:
+            assert running.protocol_version == "2026-07-28"
+            await running.send_raw("tools/call", {"name": "echo", "arguments": {"text": "a"}})
+            listening[0] = True
+            await running.send_raw("tools/call", {"name": "echo", "arguments": {"text": "b"}})
+        quiet, wanted = recorder.metas
+        assert "io.modelcontextprotocol/logLevel" not in quiet
+        assert wanted["io.modelcontextprotocol/logLevel"] == "info"
+        assert quiet["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"  # the rest of the envelope stays

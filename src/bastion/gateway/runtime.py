@@ -151,6 +151,7 @@ class Gateway:
             secret_lookup=self._secret_lookup,
             on_change=on_change,
             on_log=self.notifier.publish_log,
+            log_listeners=lambda: self.notifier.legacy_sessions > 0,
         )
         handle = UpstreamHandle(upstream)
         self._handles[entry.name] = handle

@@ -40,7 +40,7 @@ from mcp.shared.dispatcher import CallOptions, Dispatcher, ProgressFnT
 from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import MCP_NAME_HEADER, NAME_BEARING_METHODS, encode_header_value
 from mcp.shared.message import SessionMessage
-from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, LOG_LEVEL_META_KEY, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import TypeAdapter
 
@@ -260,6 +260,7 @@ class Upstream:
         secret_lookup: SecretLookup,
         on_change: Callable[[Upstream], None],
         on_log: Callable[[str, types.LoggingMessageNotificationParams], None] | None = None,
+        log_listeners: Callable[[], bool] | None = None,
         mode: str = "auto",
     ) -> None:
         self.entry = entry
@@ -275,6 +276,8 @@ class Upstream:
         self._secret_lookup = secret_lookup
         self._on_change = on_change
         self._on_log_message = on_log
+        self._log_listeners = log_listeners
+        """Whether anyone downstream can receive relayed log messages now (None: assume so)."""
         self._mode = mode
         self._session: ClientSession | None = None
         self._raw: tuple[_StampFn, Dispatcher[Any]] | None = None
@@ -638,6 +641,12 @@ class Upstream:
         data: dict[str, Any] = {"method": method, "params": params}
         opts: CallOptions = {}
         stamp(data, opts)
+        if self._log_listeners is not None and not self._log_listeners():
+            # 2026-07-28 log delivery is a per-request opt-in, and it costs the upstream work on
+            # every call; with no downstream session to relay to, don't ask for it.
+            meta = data["params"].get("_meta")
+            if isinstance(meta, dict):
+                meta.pop(LOG_LEVEL_META_KEY, None)
         headers = opts.setdefault("headers", {})
         name_key = NAME_BEARING_METHODS.get(method)
         if name_key is not None and MCP_NAME_HEADER not in headers:
