@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -79,5 +79,6 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a `CoalescingTransport` (pass as `uvicorn.Config(http=...)`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+        # Not an isinstance check: uvloop's transports do not subclass asyncio.Transport.
+        wrapped = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
+        super().connection_made(wrapped)  # type: ignore[arg-type]
