@@ -165,6 +165,17 @@ async def test_json_reply_gives_the_result_and_the_request_carries_the_transport
         assert wire.sent == 1
 
 
+async def test_configured_framing_headers_are_not_sent_twice() -> None:
+    app = Scripted(json_reply({}))
+    configured = {"Host": "elsewhere.test", "Content-Length": "999", "Transfer-Encoding": "chunked", "x-api": "1"}
+    async for wire, _ in channel_for(app, headers=configured):
+        assert await wire.request("tools/call", {"name": "echo"}, {}) == {}
+    headers, _ = app.requests[0]
+    assert headers["host"].startswith("127.0.0.1:")
+    assert headers["content-length"] != "999" and "transfer-encoding" not in headers
+    assert headers["x-api"] == "1"
+
+
 async def test_static_authorization_header_is_kept_without_oauth_and_replaced_with_it() -> None:
     app = Scripted(json_reply({}))
     static = {"authorization": "Bearer api-key"}

@@ -52,6 +52,10 @@ _UNSUPPORTED: Final[Mapping[str, str]] = {
 """The SDK client's default answers (mcp.client.session `_default_*_callback`)."""
 
 
+_FRAMING: Final = frozenset({"host", "content-length", "transfer-encoding", "connection", "expect"})
+"""Headers the HTTP client writes itself (or must not send); configured values are left out."""
+
+
 class Resend(Exception):
     """The upstream did not run this request; send it through the SDK session instead."""
 
@@ -166,7 +170,7 @@ class WireChannel:
     ) -> None:
         self._pool = OriginPool(url, ssl_context=ssl_context, connect_timeout=connect_timeout)
         # The client's defaults first, then the transport's own (they win, as in the SDK's transport).
-        base = {key.lower(): value for key, value in headers.items()}
+        base = {key.lower(): value for key, value in headers.items() if key.lower() not in _FRAMING}
         base.update({"content-type": "application/json", "accept": "application/json, text/event-stream"})
         if bearer is not None:
             base.pop("authorization", None)  # the token replaces it, as UpstreamBearerAuth's does on the SDK path
