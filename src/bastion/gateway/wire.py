@@ -204,14 +204,8 @@ class WireChannel:
         body = json.dumps(
             {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}, separators=(",", ":")
         ).encode()
-        wire_headers = [*self._headers, *((key.lower(), value) for key, value in headers.items())]
         session_id = self.session_id
-        if session_id is not None:
-            wire_headers.append((SESSION_HEADER, session_id))
-        if self._bearer is not None:
-            token = await self._bearer()
-            if token is not None:
-                wire_headers.append(("authorization", f"Bearer {token}"))
+        wire_headers = await self._headers_for(headers, session_id)
         try:
             response = await self._pool.request("POST", wire_headers, body)
         except ValueError:
@@ -303,14 +297,19 @@ class WireChannel:
         with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE):
             await self._post_quietly(notice, {"mcp-protocol-version": version} if version else {})
 
-    async def _post_quietly(self, message: dict[str, Any], headers: Mapping[str, str]) -> None:
-        wire_headers = [*self._headers, *headers.items()]
-        if self.session_id is not None:
-            wire_headers.append((SESSION_HEADER, self.session_id))
+    async def _headers_for(self, headers: Mapping[str, str], session_id: str | None) -> list[tuple[str, str]]:
+        """The client's and transport's headers, the request's own, the session id, the token."""
+        wire_headers = [*self._headers, *((key.lower(), value) for key, value in headers.items())]
+        if session_id is not None:
+            wire_headers.append((SESSION_HEADER, session_id))
         if self._bearer is not None:
             token = await self._bearer()
             if token is not None:
                 wire_headers.append(("authorization", f"Bearer {token}"))
+        return wire_headers
+
+    async def _post_quietly(self, message: dict[str, Any], headers: Mapping[str, str]) -> None:
+        wire_headers = await self._headers_for(headers, self.session_id)
         body = json.dumps(message, separators=(",", ":")).encode()
         try:
             response = await self._pool.request("POST", wire_headers, body)
