@@ -65,7 +65,7 @@ class Origin:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) URL: {url!r}")
+            raise ValueError(f"not an http(s) URL (scheme {scheme!r})")  # the URL itself may carry a key
         if parts.username is not None or parts.password is not None:
             raise ValueError("URLs with user info are not supported here")
         port = parts.port or (443 if scheme == "https" else 80)
@@ -73,7 +73,7 @@ class Origin:
         authority = parts.netloc
         _check_header_value(authority)
         if any(c.isspace() or c == "\0" for c in target):
-            raise ValueError(f"request target with whitespace: {target!r}")
+            raise ValueError("the URL's path or query contains whitespace")
         return cls(scheme, parts.hostname, port, authority, target)
 
 
