@@ -193,8 +193,8 @@ def start_echo_http(log_dir: Path, servers: int = 1, tools: int = 1) -> tuple[Pr
 
 
 def start_protected(issuer: str, log_dir: Path) -> tuple[Proc, str]:
-    """The OAuth-protected MCP server of tests/fixtures (with TCP_NODELAY, see bench/servers/protected.py)."""
-    proc = Proc("protected", [PY, "-m", "bench.servers.protected", "--issuer", issuer], log_dir, cwd=ROOT)
+    """The OAuth-protected MCP server of tests/fixtures."""
+    proc = Proc("protected", [PY, "-m", "tests.fixtures.protected_mcp", "--issuer", issuer], log_dir, cwd=ROOT)
     ready = proc.wait_json_ready(60)
     return proc, str(ready["url"])
 

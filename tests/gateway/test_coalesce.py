@@ -1,4 +1,4 @@
-"""Coalesced writes for the gateway's HTTP listener (gateway/coalesce.py)."""
+"""The gateway's HTTP listener: coalesced writes (gateway/coalesce.py) and its socket (`bind_listener`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
+from bastion.errors import GatewayError
 from bastion.gateway.coalesce import CoalescingHttpToolsProtocol, CoalescingTransport
+from bastion.gateway.runtime import bind_listener
 
 pytestmark = pytest.mark.anyio
 
@@ -132,3 +134,15 @@ async def test_uvicorn_with_the_protocol_answers_json_and_streams_events_as_they
         server.should_exit = True
         await task
         sock.close()
+
+
+def test_listener_on_a_busy_port_is_a_clear_error_and_sets_tcp_nodelay_for_its_connections() -> None:
+    """`bind_listener` (gateway, OAuth page, demo): proto IPPROTO_TCP, so asyncio turns Nagle off."""
+    first = bind_listener("127.0.0.1", 0)
+    try:
+        assert first.proto == socket.IPPROTO_TCP
+        port = first.getsockname()[1]
+        with pytest.raises(GatewayError, match=rf"cannot listen on 127\.0\.0\.1:{port}: .*choose another --port"):
+            bind_listener("127.0.0.1", port)
+    finally:
+        first.close()

@@ -44,6 +44,8 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from bastion.gateway.runtime import bind_listener
+
 HOST = "127.0.0.1"
 SCOPE = "demo:tools"
 SUBJECT = "demo"
@@ -294,15 +296,6 @@ def resource_server(verifier: ResourceTokenVerifier, settings: AuthSettings) -> 
     return server
 
 
-def _bind() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, 0))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
-
-
 @dataclass
 class DemoServers:
     issuer: str
@@ -341,7 +334,7 @@ def _no_signal_capture() -> Any:
 @asynccontextmanager
 async def demo_servers(*, access_token_ttl: int = 20) -> AsyncIterator[DemoServers]:
     """Start the authorization server and the protected MCP server; stop both on exit."""
-    as_sock, rs_sock = _bind(), _bind()
+    as_sock, rs_sock = bind_listener(HOST, 0), bind_listener(HOST, 0)
     try:
         issuer = f"http://{HOST}:{as_sock.getsockname()[1]}"
         mcp_url = f"http://{HOST}:{rs_sock.getsockname()[1]}/mcp"

@@ -276,7 +276,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror}", hint="choose another --port") from None
     sock.listen(128)
     sock.setblocking(False)
     return sock

@@ -17,7 +17,7 @@ import uvicorn
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bastion.errors import GatewayError
+from bastion.gateway.runtime import bind_listener
 from bastion.gateway.security import gateway_token
 from bastion.oauth.rfc8252 import is_loopback_host
 from bastion.oauth.useragent import BrowserUserAgent
@@ -50,20 +50,6 @@ def standalone_app(ui: ASGIApp) -> ASGIApp:
     return mount_ui(_outside_ui, ui)
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio sets TCP_NODELAY only then
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror}", hint="choose another --port") from None
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
-
-
 def page_url(host: str, port: int) -> str:
     shown = "127.0.0.1" if host in WILDCARD_HOSTS else host
     shown = f"[{shown}]" if ":" in shown else shown
@@ -90,7 +76,7 @@ async def serve_ui(
 ) -> None:
     """Serve the page until SIGINT/SIGTERM. Prints `Bastion UI: <url>` once listening."""
     out = out or sys.stdout
-    sock = _bind(host, port)
+    sock = bind_listener(host, port)
     try:
         token = gateway_token(host)
         ui = create_ui_app(app, token=token, allowed_hosts=allowed_hosts_for(host))
