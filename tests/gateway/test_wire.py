@@ -415,7 +415,7 @@ async def test_upstream_clients_share_one_tls_context(
         return context
 
     monkeypatch.setattr(ssl, "create_default_context", counting)
-    monkeypatch.setattr(upstream_module, "_TLS", [])
+    upstream_module._tls_context.cache_clear()
     url, _ = web
     entries = [remote_entry(f"web{index}", url) for index in range(4)]
     async with Gateway(entries, FAST) as gateway:

@@ -13,6 +13,7 @@ holds up another.
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import math
 import os
@@ -284,7 +285,6 @@ class Upstream:
         """The held session's stamp and dispatcher (`_raw_channel`), looked up once per session."""
         self._wire: WireChannel | None = None
         """The raw channel of the held session (streamable-HTTP upstreams), see `send_raw`."""
-        self._next_wire: WireChannel | None = None
         self._stop = anyio.Event()
         self._reconnect = anyio.Event()
         self._relist = anyio.Event()
@@ -317,9 +317,7 @@ class Upstream:
                 error = describe_error(exc)
                 logger.info("upstream %r: connection failed: %s", self.name, error, exc_info=logger.isEnabledFor(10))
             finally:
-                self._session = None
-                self._raw = None
-                self._wire = self._next_wire = None
+                self._forget_session()
             if self._auth_problem is not None:
                 self._park(
                     UpstreamState.NEEDS_AUTHORIZATION,
@@ -357,7 +355,7 @@ class Upstream:
         with anyio.CancelScope(deadline=anyio.current_time() + self.settings.connect_timeout) as scope:
             self._connect_scope = scope
             async with AsyncExitStack() as stack:
-                transport = await self._open_transport(stack)
+                transport, wire = await self._open_transport(stack)
                 client = Client(
                     _watched(transport, self._stop),
                     mode=self._mode,
@@ -377,7 +375,7 @@ class Upstream:
                 self._connect_scope = None
                 self._session = session
                 self._raw = _raw_channel(session)
-                self._wire = self._next_wire
+                self._wire = wire
                 self.protocol_version = session.protocol_version
                 self.listing = listing
                 self.last_error = None
@@ -395,7 +393,10 @@ class Upstream:
         if scope.cancelled_caught and not connected:
             raise TimeoutError(f"no answer within {self.settings.connect_timeout:g}s")
 
-    async def _open_transport(self, stack: AsyncExitStack) -> AbstractAsyncContextManager[TransportStreams]:
+    async def _open_transport(
+        self, stack: AsyncExitStack
+    ) -> tuple[AbstractAsyncContextManager[TransportStreams], WireChannel | None]:
+        """The transport to the server, and the raw channel beside it (streamable HTTP only)."""
         entry = self.entry
         secrets = await resolve_secrets(entry, self._secret_lookup)
         if self.transport == "stdio":
@@ -405,7 +406,7 @@ class Upstream:
             }
             env.update({spec.env: secrets[spec.env] for spec in entry.secrets})
             params = StdioServerParameters(command=entry.command[0], args=list(entry.command[1:]), env=env)
-            return stdio_client(params, errlog=sys.stderr)
+            return stdio_client(params, errlog=sys.stderr), None
         remote = entry.remote
         assert remote is not None
         headers = {
@@ -419,13 +420,14 @@ class Upstream:
             auth = UpstreamBearerAuth(self.name, self._token_provider, self._needs_authorization)
         timeout = httpx2.Timeout(self.settings.connect_timeout, read=max(SSE_READ_TIMEOUT, self._request_timeout))
         if self.transport == "sse":
-            return sse_client(
+            transport = sse_client(
                 remote.url,
                 headers=headers,
                 timeout=self.settings.connect_timeout,
                 sse_read_timeout=max(SSE_READ_TIMEOUT, self._request_timeout),
                 auth=auth,
             )
+            return transport, None
         # One client per session, reused by every request on it (no per-call client), on the
         # process's one TLS context: building one per client cost ~25 ms each, half the start-up
         # time of 100 upstreams (docs/benchmarks.md).
@@ -434,9 +436,8 @@ class Upstream:
         if wire is not None:
             stack.callback(wire.close)
             http_client.event_hooks["response"].append(wire.observe)
-        self._next_wire = wire
         await stack.enter_async_context(http_client)
-        return streamable_http_client(remote.url, http_client=http_client)
+        return streamable_http_client(remote.url, http_client=http_client), wire
 
     def _wire_channel(
         self, url: str, http_client: httpx2.AsyncClient, auth: UpstreamBearerAuth | None
@@ -536,10 +537,14 @@ class Upstream:
 
     def _drop_session(self, session: ClientSession) -> None:
         if self._session is session:
-            self._session = None
-            self._raw = None
-            self._wire = None
+            self._forget_session()
             self._set_state(UpstreamState.DISCONNECTED)
+
+    def _forget_session(self) -> None:
+        """Stop routing to the held session and the raw channel that goes with it."""
+        self._session = None
+        self._raw = None
+        self._wire = None
 
     def _needs_authorization(self, reason: str) -> None:
         self._auth_problem = reason
@@ -612,8 +617,7 @@ class Upstream:
 
     def can_send_raw(self) -> bool:
         """Whether `send_raw` can use the held session's raw channel (see there)."""
-        session = self._session
-        return session is not None and self._raw is not None
+        return self._raw is not None  # set and cleared with the session
 
     async def send_raw(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         """Forward one request, given as its wire params, over the held session without the typed layer.
@@ -718,15 +722,11 @@ def _proxied() -> bool:
     return any(proxies.get(kind) for kind in _PROXY_VARIABLES)
 
 
-_TLS: list[ssl.SSLContext] = []
-
-
+@functools.cache
 def _tls_context() -> ssl.SSLContext:
     """httpx2's default context (same trust store and settings, `SSL_CERT_FILE` etc. honoured),
     built once per process and shared by every upstream's clients: each costs ~25 ms to build."""
-    if not _TLS:
-        _TLS.append(httpx2.create_ssl_context())
-    return _TLS[0]
+    return httpx2.create_ssl_context()
 
 
 def _raw_channel(session: ClientSession) -> tuple[_StampFn, Dispatcher[Any]] | None:
