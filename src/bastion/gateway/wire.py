@@ -25,6 +25,7 @@ answers them with no callbacks configured (`ping` → empty result; sampling, el
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import json
 import logging
@@ -74,7 +75,7 @@ class SSEDecoder:
 
     def __init__(self) -> None:
         self._buffer = ""
-        self._pending = b""
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # keeps a split character
         self._skip_lf = False
         self._first = True
         self._data: list[str] = []
@@ -82,13 +83,13 @@ class SSEDecoder:
         self._last_id: str | None = None
 
     def feed(self, chunk: bytes) -> list[Event]:
-        text = self._decode(chunk)
+        text = self._utf8.decode(chunk)
         if not text:
             return []  # nothing decodable yet (an empty chunk, or part of one character)
         if self._skip_lf and text.startswith("\n"):
             text = text[1:]
         self._skip_lf = False
-        if self._first and text:
+        if self._first:
             self._first = False
             text = text.removeprefix("\ufeff")
         buffer = self._buffer + text
@@ -115,20 +116,6 @@ class SSEDecoder:
                 events.append(event)
         self._buffer = buffer[start:]
         return events
-
-    def _decode(self, chunk: bytes) -> str:
-        data = self._pending + chunk
-        try:
-            text = data.decode("utf-8")
-            self._pending = b""
-        except UnicodeDecodeError as exc:
-            if exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
-                text = data[: exc.start].decode("utf-8")
-                self._pending = data[exc.start :]
-            else:
-                text = data.decode("utf-8", errors="replace")
-                self._pending = b""
-        return text
 
     def _line(self, line: str) -> Event | None:
         if not line:
