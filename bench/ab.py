@@ -19,7 +19,7 @@ from typing import Any
 
 from bench.measure import call_latencies, checked_call, http_connect, median, summary
 from bench.procs import cpu_seconds
-from bench.run import gateway_url, make_home, start_echo_http, start_gateway, wait_health
+from bench.run import make_home, ready_gateway, start_echo_http
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -55,11 +55,9 @@ async def _run(args: argparse.Namespace) -> None:
     try:
         for label, pairs in (("A", args.a), ("B", args.b)):
             env = {**make_home(work / f"home-{label}", catalog), **_env(pairs)}
-            proc = start_gateway(env, logs, name=f"gateway-{label}")
-            gateways[label] = proc
-            wait_health(gateway_url(proc), lambda h: h["upstreams_ready"] == 1)
+            gateways[label] = ready_gateway(env, logs, 1, name=f"gateway-{label}")
         paths = [("direct", echo_url, "echo", None)] + [
-            (label, gateway_url(proc), "up__echo", proc.pid) for label, proc in gateways.items()
+            (label, url, "up__echo", proc.pid) for label, (proc, url) in gateways.items()
         ]
         rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
         added: dict[tuple[str, str], list[float]] = {}
@@ -74,7 +72,7 @@ async def _run(args: argparse.Namespace) -> None:
                     added.setdefault((label, mode), []).append(this[label]["p50"] - this["direct"]["p50"])
             print(f"round {index + 1}/{args.rounds} done", flush=True)
     finally:
-        for proc in gateways.values():
+        for proc, _ in gateways.values():
             proc.stop()
         echo.stop()
     print(

@@ -168,6 +168,14 @@ def gateway_url(proc: Proc) -> str:
     return proc.wait_for(r"gateway listening on (http://\S+)").group(1)
 
 
+def ready_gateway(env: dict[str, str], log_dir: Path, upstreams: int, **kwargs: Any) -> tuple[Proc, str]:
+    """`start_gateway(...)`, then wait until `upstreams` upstreams are ready; the process and its URL."""
+    proc = start_gateway(env, log_dir, **kwargs)
+    url = gateway_url(proc)
+    wait_health(url, lambda h: h["upstreams_ready"] == upstreams)
+    return proc, url
+
+
 def health(url: str) -> dict[str, Any]:
     base = url.rsplit("/", 1)[0]
     response = httpx2.get(f"{base}/health", timeout=10.0, trust_env=False)
@@ -253,15 +261,9 @@ class Bench:
                 "up-stdio": {"type": "server", "command": [PY, ECHO]},
             },
         )
-        gateway = start_gateway(env, self.logs)
-        gw_url = gateway_url(gateway)
-        wait_health(gw_url, lambda h: h["upstreams_ready"] == 2)
-        generic = start_gateway(env, self.logs, name="gateway-generic", lean=False)
-        generic_url = gateway_url(generic)
-        wait_health(generic_url, lambda h: h["upstreams_ready"] == 2)
-        nowire = start_gateway(env, self.logs, name="gateway-nowire", wire=False)
-        nowire_url = gateway_url(nowire)
-        wait_health(nowire_url, lambda h: h["upstreams_ready"] == 2)
+        gateway, gw_url = ready_gateway(env, self.logs, 2)
+        generic, generic_url = ready_gateway(env, self.logs, 2, name="gateway-generic", lean=False)
+        nowire, nowire_url = ready_gateway(env, self.logs, 2, name="gateway-nowire", wire=False)
         stdio_gateway = [PY, "-m", "bastion", "gateway", "run", "--transport", "stdio"]
 
         def stdio_front(marker: str) -> Callable[[], int | None]:
@@ -519,15 +521,9 @@ class Bench:
             self.work / "home-throughput",
             {"up-http": {"type": "remote", "remote": {"url": echo_url, "transport_type": "streamable-http"}}},
         )
-        gateway = start_gateway(env, self.logs)
-        gw_url = gateway_url(gateway)
-        wait_health(gw_url, lambda h: h["upstreams_ready"] == 1)
-        generic = start_gateway(env, self.logs, name="gateway-generic", lean=False)
-        generic_url = gateway_url(generic)
-        wait_health(generic_url, lambda h: h["upstreams_ready"] == 1)
-        nowire = start_gateway(env, self.logs, name="gateway-nowire", wire=False)
-        nowire_url = gateway_url(nowire)
-        wait_health(nowire_url, lambda h: h["upstreams_ready"] == 1)
+        gateway, gw_url = ready_gateway(env, self.logs, 1)
+        generic, generic_url = ready_gateway(env, self.logs, 1, name="gateway-generic", lean=False)
+        nowire, nowire_url = ready_gateway(env, self.logs, 1, name="gateway-nowire", wire=False)
         paths = {
             "direct": (http_connect(echo_url), "echo"),
             "bastion": (http_connect(gw_url), "up-http__echo"),
@@ -795,9 +791,7 @@ class Bench:
             token = await anyio.to_thread.run_sync(
                 lambda: oauth_client.obtain_tokens(oidc.issuer, protected_url).access_token
             )
-            gateway = start_gateway(env, self.logs, name="gateway-oauth")
-            gw_url = gateway_url(gateway)
-            wait_health(gw_url, lambda h: h["upstreams_ready"] == 1)
+            gateway, gw_url = ready_gateway(env, self.logs, 1, name="gateway-oauth")
             paths = [
                 LatencyPath(
                     "oauth-direct",
