@@ -9,9 +9,12 @@ from typing import Any
 import anyio
 import pytest
 import uvicorn
+from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from bastion.config.catalog import CatalogEntry
+from bastion.gateway.front import FastLane, fast_lane_protocol
+from bastion.gateway.security import GatewaySecurityMiddleware
 
 SERVERS = Path(__file__).parent / "servers"
 ECHO = str(SERVERS / "echo_server.py")
@@ -45,14 +48,16 @@ class _Null:
         return None
 
 
-async def serve_in_process(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on 127.0.0.1 (free port) inside the test's event loop; yields the base URL."""
+async def serve_in_process(app: ASGIApp, http: Any = "auto") -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on 127.0.0.1 (free port) inside the test's event loop; yields the
+    base URL. `http` is uvicorn's protocol (e.g. the fast lane's, see `front_of`)."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     sock.setblocking(False)
     port = sock.getsockname()[1]
-    server = _QuietUvicorn(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1))
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=1, http=http)
+    server = _QuietUvicorn(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
         while not server.started:
@@ -62,3 +67,13 @@ async def serve_in_process(app: ASGIApp) -> AsyncIterator[str]:
         finally:
             server.should_exit = True
     sock.close()
+
+
+def front_of(app: Starlette, front: str) -> tuple[ASGIApp, Any]:
+    """What `gateway run` serves for an `http_app`: "asgi" = the app as is (the lean path as an
+    ASGI layer); "lane" = behind the security middleware with the fast lane's protocol (front.py),
+    as the runtime serves it. Returns (app, uvicorn protocol) for `serve_in_process`."""
+    if front == "asgi":
+        return app, "auto"
+    security = GatewaySecurityMiddleware(app, token=None, listen_host="127.0.0.1", listen_port=0)
+    return security, fast_lane_protocol(FastLane(security, app.state.lean_path))

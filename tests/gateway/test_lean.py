@@ -22,7 +22,7 @@ from bastion.gateway.security import GatewaySecurityMiddleware
 from bastion.gateway.server import http_app
 from bastion.gateway.upstream import UpstreamState
 
-from .conftest import remote_entry, serve_in_process, stdio_entry
+from .conftest import front_of, remote_entry, serve_in_process, stdio_entry
 from .servers.echo_server import build
 from .test_gateway import RecordAuthorization, text_of, wait_for_state
 
@@ -101,11 +101,12 @@ async def gateway() -> AsyncIterator[Gateway]:
         yield running
 
 
-@pytest.fixture
-async def sides(gateway: Gateway) -> AsyncIterator[tuple[Side, Side]]:
+@pytest.fixture(params=["asgi", "lane"])
+async def sides(gateway: Gateway, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Side, Side]]:
+    """The lean side is served as an ASGI layer, and as `gateway run` serves it: in the fast lane."""
     lean_app = http_app(gateway.server, gateway.pool, lean=True)
     generic_app = http_app(gateway.server, gateway.pool, lean=False)
-    async for lean_base in serve_in_process(lean_app):
+    async for lean_base in serve_in_process(*front_of(lean_app, request.param)):
         async for generic_base in serve_in_process(generic_app):
             lean, generic = Side(lean_base, lean_app), Side(generic_base, generic_app)
             async with lean.http, generic.http:
@@ -218,9 +219,10 @@ async def test_unusual_requests_fall_back_to_the_sdk_unchanged(sides: tuple[Side
     assert gone.status_code == 404  # the SDK's answer for a terminated session
 
 
-async def test_real_clients_of_both_eras_ride_the_lean_path(gateway: Gateway) -> None:
+@pytest.mark.parametrize("front", ["asgi", "lane"])
+async def test_real_clients_of_both_eras_ride_the_lean_path(gateway: Gateway, front: str) -> None:
     app = http_app(gateway.server, gateway.pool, lean=True)
-    async for base in serve_in_process(app):
+    async for base in serve_in_process(*front_of(app, front)):
         for mode in ("legacy", "auto"):
             before = lean_of(app).served
             async with Client(f"{base}/mcp", mode=mode) as client:
@@ -340,7 +342,8 @@ async def test_silent_call_is_kept_alive_with_sse_comments_then_answered(
     assert "did not answer tools/call within 3s" in last["error"]["message"]
 
 
-async def test_client_leaving_cancels_the_upstream_call() -> None:
+@pytest.mark.parametrize("front", ["asgi", "lane"])
+async def test_client_leaving_cancels_the_upstream_call(front: str) -> None:
     """The upstream request of a call whose client hung up is abandoned (on the 2026 wire, by
     closing its connection), not left running until the request timeout."""
     recorder = RecordAuthorization(build("web").streamable_http_app())
@@ -350,7 +353,7 @@ async def test_client_leaving_cancels_the_upstream_call() -> None:
             wire = gateway.pool.upstreams["web"]._wire
             assert wire is not None
             app = http_app(gateway.server, gateway.pool, lean=True)
-            async for base in serve_in_process(app):
+            async for base in serve_in_process(*front_of(app, front)):
                 impatient = Side(base, app)
                 impatient.http.timeout = httpx2.Timeout(1.0)
                 with pytest.raises(httpx2.ReadTimeout):

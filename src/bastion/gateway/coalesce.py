@@ -44,6 +44,12 @@ class CoalescingTransport:
         for line in lines:
             self.write(line)
 
+    def write_now(self, data: bytes) -> None:
+        """Write `data` at once, after anything still pending (a reply known to be whole needs
+        no wait for the rest of the loop step)."""
+        self._pending.append(data)
+        self._flush()
+
     def _flush(self) -> None:
         if not self._pending:
             return

@@ -114,6 +114,11 @@ def _json_content_type(value: str) -> bool:
     return any(part.strip() == "application/json" for part in value.split(";")[0].split(","))
 
 
+def _content_length(headers: list[tuple[bytes, bytes]]) -> str | None:
+    values = [value.decode("latin-1") for key, value in headers if key == b"content-length"]
+    return ",".join(values) if values else None
+
+
 def _valid_id(value: object) -> bool:
     return isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
@@ -157,6 +162,29 @@ class LeanPath:
         if not self.enabled or scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        length = _content_length(scope["headers"])
+        if length is not None and (not length.isdigit() or int(length) > self._max_body):
+            await self.app(scope, receive, send)
+            return
+        body, replay = await self._read_body(receive)
+        if body is None or not await self.serve(scope, body, replay, send, handshake=True):
+            await self.app(scope, replay, send)
+
+    @property
+    def max_body(self) -> int:
+        """The SDK's request-body limit: a larger body is the SDK's to refuse."""
+        return self._max_body
+
+    async def serve(self, scope: Scope, body: bytes, receive: Receive, send: Send, *, handshake: bool = False) -> bool:
+        """Answer a POST whose whole `body` has been read, if it is one served here; False when
+        nothing was sent and the request is the SDK's (the caller passes it on, body and all).
+
+        `handshake=True` lets an `initialize` through to the SDK from here, to learn the version
+        its session negotiates; the fast lane (front.py), which has no SDK app to call, leaves
+        those to the ASGI path, where they reach this layer again.
+        """
+        if not self.enabled:
+            return False
         headers: dict[str, str] = {}
         for key, value in scope["headers"]:
             name = key.decode("latin-1")
@@ -164,20 +192,10 @@ class LeanPath:
                 headers[name] += "," + value.decode("latin-1")
             else:
                 headers[name] = value.decode("latin-1")
-        length = headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self._max_body):
-            await self.app(scope, receive, send)
-            return
-        body, replay = await self._read_body(receive)
-        if body is None:
-            await self.app(scope, replay, send)
-            return
         try:
-            handled = await self._dispatch(scope, headers, body, replay, send)
+            return await self._dispatch(scope, headers, body, receive, send, handshake)
         except _Fallback:
-            handled = False
-        if not handled:
-            await self.app(scope, replay, send)
+            return False
 
     async def _read_body(self, receive: Receive) -> tuple[bytes | None, Receive]:
         """The whole body (None when it exceeds the SDK's limit or the client left) and a `receive`
@@ -209,7 +227,9 @@ class LeanPath:
 
         return (body if complete else None), replay
 
-    async def _dispatch(self, scope: Scope, headers: dict[str, str], body: bytes, receive: Receive, send: Send) -> bool:
+    async def _dispatch(
+        self, scope: Scope, headers: dict[str, str], body: bytes, receive: Receive, send: Send, handshake: bool
+    ) -> bool:
         if not _json_content_type(headers.get("content-type", "")):
             return False
         has_json, has_sse = accepts(headers.get("accept", ""))
@@ -230,7 +250,7 @@ class LeanPath:
             return await self._modern(scope, headers, message, receive, send)
         session_id = headers.get(MCP_SESSION_ID_HEADER)
         if session_id is None:
-            if method == "initialize" and "id" in message:
+            if handshake and method == "initialize" and "id" in message:
                 await self.app(scope, receive, self._recording_session(message, send))
                 return True
             return False

@@ -13,6 +13,7 @@ routing snapshot, so a request sees the old or the new set of upstreams, never h
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -37,6 +38,7 @@ from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import GatewayError, NeedsAuthorizationError, UpstreamError
 from bastion.gateway.coalesce import CoalescingHttpToolsProtocol, coalesce_enabled
+from bastion.gateway.front import FastLane, fast_lane_enabled, fast_lane_protocol
 from bastion.gateway.naming import SEPARATOR
 from bastion.gateway.pool import Pool
 from bastion.gateway.security import GatewaySecurityMiddleware, gateway_token
@@ -284,7 +286,8 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 AppWrapper = Callable[[ASGIApp, str | None], ASGIApp]
 """Wraps the gateway's HTTP app (given the listener's token, None on loopback) — e.g. to mount
-the OAuth page at /ui in front of it."""
+the OAuth page at /ui in front of it. It must leave POST /mcp to the app it wraps: the fast lane
+(front.py) serves those before the ASGI app is called."""
 
 
 async def _serve_http(
@@ -292,17 +295,21 @@ async def _serve_http(
 ) -> None:
     host, port = sock.getsockname()[:2]
     token = gateway_token(host)
-    app: ASGIApp = GatewaySecurityMiddleware(
-        http_app(gateway.server, gateway.pool, gateway.store_status), token=token, listen_host=host, listen_port=port
-    )
-    if wrap is not None:
-        app = wrap(app, token)
+    inner = http_app(gateway.server, gateway.pool, gateway.store_status)
+    security = GatewaySecurityMiddleware(inner, token=token, listen_host=host, listen_port=port)
+    app: ASGIApp = security if wrap is None else wrap(security, token)
+    protocol: type[asyncio.Protocol] | str = "auto"
+    if coalesce_enabled():
+        protocol = CoalescingHttpToolsProtocol
+        if fast_lane_enabled():
+            protocol = fast_lane_protocol(FastLane(security, inner.state.lean_path))
     config = uvicorn.Config(
         app,
         log_level="warning",
+        access_log=False,  # uvicorn formats a line per response for a logger we keep at WARNING
         lifespan="on",
         timeout_graceful_shutdown=2,
-        http=CoalescingHttpToolsProtocol if coalesce_enabled() else "auto",
+        http=protocol,
     )
     server = _Uvicorn(config)
     endpoint = "/sse" if transport == "sse" else "/mcp"

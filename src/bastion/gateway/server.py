@@ -317,10 +317,13 @@ def http_app(
     async def health(request: Request) -> Response:
         return JSONResponse(health_payload(pool, store_status))
 
+    lean_path = LeanPath(StreamableHTTPASGIApp(manager), manager, server, pool, enabled=lean)
     routes = [
-        Route("/mcp", endpoint=LeanPath(StreamableHTTPASGIApp(manager), manager, server, pool, enabled=lean)),
+        Route("/mcp", endpoint=lean_path),
         Route("/sse", endpoint=_SseEndpoint(server, sse), methods=["GET"]),
         Mount("/messages/", app=sse.handle_post_message),
         Route("/health", endpoint=health, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lambda app: manager.run())
+    app = Starlette(routes=routes, lifespan=lambda app: manager.run())
+    app.state.lean_path = lean_path  # the fast lane (front.py) serves POST /mcp with it
+    return app

@@ -1,0 +1,238 @@
+"""The fast lane: the lean path's POSTs answered from uvicorn's protocol, without the ASGI stack.
+
+A `tools/call` through the gateway used to cross, on its way in and out, uvicorn's
+`RequestResponseCycle` (its `send` re-checks every header and formats an access-log line that
+nobody sees), the proxy-headers middleware, the OAuth page's mount, the security middleware,
+Starlette's error, exception and routing layers, and the lean path's own body reader — each an
+`async` wrapper around `receive` and `send`. In the gateway's CPU per call that was more than the
+MCP work (docs/benchmarks.md, "Third round").
+
+`FastLaneProtocol` is uvicorn's httptools protocol (with coalesced writes) that takes a POST to
+the MCP endpoint aside before the ASGI app would start: it waits for the body in the request's
+own cycle, screens the headers with the security middleware's own checks, and offers the request
+to `LeanPath.serve`, whose reply is written straight to the connection by `DirectResponse` (the
+bytes uvicorn would write). Anything the lean path does not serve — a refused Origin/Host/token,
+`initialize`, notifications, batches, other methods, an oversize body, a client gone before the
+body arrived — runs through the whole ASGI app in the same cycle, with the body replayed by
+uvicorn's own `receive`, so it is answered exactly as before. `BASTION_FAST_LANE=0` turns the lane
+off (so does `BASTION_COALESCE=0`, which gives uvicorn's own protocol back).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, ClassVar, Final, cast
+
+from starlette.types import Message, Receive, Scope
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCycle
+
+from bastion.gateway.coalesce import CoalescingHttpToolsProtocol, CoalescingTransport
+from bastion.gateway.lean import LeanPath
+from bastion.gateway.security import GatewaySecurityMiddleware
+
+logger = logging.getLogger(__name__)
+
+FAST_LANE_ENV: Final = "BASTION_FAST_LANE"
+MCP_PATH: Final = "/mcp"
+
+
+def fast_lane_enabled() -> bool:
+    """On unless `BASTION_FAST_LANE=0` (benchmarks compare both in one run)."""
+    return os.environ.get(FAST_LANE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+class FastLane:
+    """What the protocol needs to serve a lean POST: the listener's security checks and the lean path."""
+
+    def __init__(self, security: GatewaySecurityMiddleware, lean: LeanPath, path: str = MCP_PATH) -> None:
+        self.security = security
+        self.lean = lean
+        self.path = path
+        self.served = 0
+        """Requests answered in the lane (tests read it)."""
+
+    async def serve(self, cycle: RequestResponseCycle, body: bytes, response: DirectResponse) -> bool:
+        refusal, kept = self.security.screen(cycle.scope["headers"])
+        if refusal is not None:
+            return False  # the middleware refuses it, in its own words, on the ASGI path
+        scope = cast(Scope, cycle.scope)
+        if kept is not None:
+            scope = {**scope, "headers": kept}
+        if not await self.lean.serve(scope, body, cast(Receive, cycle.receive), response.send):
+            return False
+        self.served += 1
+        return True
+
+
+def fast_lane_protocol(lane: FastLane) -> type[FastLaneProtocol]:
+    """The protocol class for `uvicorn.Config(http=...)`, bound to `lane`."""
+    return type("BoundFastLaneProtocol", (FastLaneProtocol,), {"lane": lane})
+
+
+class FastLaneProtocol(CoalescingHttpToolsProtocol):
+    """uvicorn's httptools protocol with coalesced writes; POSTs to the lane's path go through
+    `lane` first (see the module docstring)."""
+
+    lane: ClassVar[FastLane | None] = None
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # uvicorn calls this when a request's headers are complete (or a pipelined request's turn
+        # comes): the one place to take a request aside before its ASGI task starts.
+        lane = self.lane
+        scope = cycle.scope
+        if lane is None or scope["method"] != "POST" or scope["path"] != lane.path or cycle.waiting_for_100_continue:
+            super()._start_asgi_task(cycle, app)
+            return
+        task = self.loop.create_task(self._serve(lane, cycle, app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _serve(self, lane: FastLane, cycle: RequestResponseCycle, app: Any) -> None:
+        body = await _whole_body(cycle, lane.lean.max_body)
+        if body is not None:
+            response = DirectResponse(cycle, self.transport)
+            try:
+                if await lane.serve(cycle, body, response):
+                    response.check_complete()
+                    return
+            except Exception:
+                logger.exception("fast lane: request handler raised")
+                response.fail()
+                return
+            if response.started:  # pragma: no cover - LeanPath.serve sends nothing when it returns False
+                logger.error("fast lane: a declined request had started its response")
+                response.fail()
+                return
+        # Not the lane's: the whole ASGI app runs in this cycle. uvicorn's `receive` hands it the
+        # body read so far (still in `cycle.body`) once the event is set.
+        cycle.message_event.set()
+        await cycle.run_asgi(app)
+
+
+async def _whole_body(cycle: RequestResponseCycle, limit: int) -> bytes | None:
+    """The request body once complete, as uvicorn's `receive` would deliver it, left in
+    `cycle.body` for a fallback; None if the client left first or it exceeds `limit`."""
+    while cycle.more_body and not cycle.disconnected:
+        if len(cycle.body) > limit:
+            return None
+        cycle.flow.resume_reading()
+        await cycle.message_event.wait()
+        cycle.message_event.clear()
+    if cycle.disconnected or len(cycle.body) > limit:
+        return None
+    return bytes(cycle.body)
+
+
+class DirectResponse:
+    """An ASGI `send` for the lean path's replies that writes the bytes uvicorn's
+    `RequestResponseCycle.send` would write, without its per-message checks (the headers are the
+    lean path's own constants): the status line, the server's default headers (date, server), the
+    reply's headers, `connection: close` when the client asked for it, and chunked framing when
+    there is no Content-Length. The
+    head waits for the first body message, so a reply is one write; the last message completes
+    the cycle as uvicorn does (keep-alive timer, next pipelined request)."""
+
+    def __init__(self, cycle: RequestResponseCycle, transport: Any) -> None:
+        self._cycle = cycle
+        self._transport = transport
+        self._head: bytes | None = None
+        self._chunked = False
+        self._length: int | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._cycle.response_started
+
+    async def send(self, message: Message) -> None:
+        cycle = self._cycle
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()
+        if cycle.disconnected:
+            return
+        if message["type"] == "http.response.start":
+            if cycle.response_started:
+                raise RuntimeError("the response has already started")
+            cycle.response_started = True
+            cycle.waiting_for_100_continue = False
+            self._head = self._format_head(message["status"], message.get("headers", ()))
+            return
+        if message["type"] != "http.response.body" or not cycle.response_started or cycle.response_complete:
+            raise RuntimeError(f"unexpected ASGI message {message['type']!r}")
+        body: bytes = message.get("body", b"")
+        more_body: bool = message.get("more_body", False)
+        out: list[bytes] = []
+        if self._head is not None:
+            out.append(self._head)
+            self._head = None
+        if self._chunked:
+            if body:
+                out += [b"%x\r\n" % len(body), body, b"\r\n"]
+            if not more_body:
+                out.append(b"0\r\n\r\n")
+        else:
+            out.append(body)
+            assert self._length is not None
+            self._length -= len(body)
+            if self._length < 0 or (not more_body and self._length):
+                raise RuntimeError("response body does not match its Content-Length")
+        self._write(b"".join(out))
+        if not more_body:
+            cycle.response_complete = True
+            cycle.message_event.set()
+            if not cycle.keep_alive:
+                self._transport.close()
+            cycle.on_response()
+
+    def _format_head(self, status: int, headers: Any) -> bytes:
+        cycle = self._cycle
+        content = [STATUS_LINE[status]]
+        for name, value in cycle.default_headers:
+            content += [name, b": ", value, b"\r\n"]
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                self._length = int(value)
+            content += [lowered, b": ", value, b"\r\n"]
+        # The lean path's replies never ask to close the connection themselves; the client may.
+        if not cycle.keep_alive:
+            content.append(b"connection: close\r\n")
+        if self._length is None:
+            self._chunked = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(b"\r\n")
+        return b"".join(content)
+
+    def _write(self, data: bytes) -> None:
+        transport = self._transport
+        if isinstance(transport, CoalescingTransport):
+            transport.write_now(data)  # one write per reply already: no need to wait a loop step
+        else:  # pragma: no cover - the lane runs on the coalescing protocol
+            transport.write(data)
+
+    def check_complete(self) -> None:
+        """After the lean path returned: a reply it left unfinished (it never should) closes the
+        connection, as uvicorn does for an app that returns mid-response."""
+        cycle = self._cycle
+        if not cycle.response_complete and not cycle.disconnected:
+            logger.error("fast lane: the handler returned without completing its response")
+            self._transport.close()
+
+    def fail(self) -> None:
+        """The handler raised: a 500 if nothing was sent yet (as uvicorn answers), else close."""
+        cycle = self._cycle
+        if cycle.disconnected:
+            return
+        if cycle.response_started and self._head is None:
+            self._transport.close()
+            return
+        cycle.keep_alive = False
+        self._write(
+            STATUS_LINE[500]
+            + b"".join(name + b": " + value + b"\r\n" for name, value in cycle.default_headers)
+            + b"content-type: text/plain; charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\n"
+            + b"Internal Server Error"
+        )
+        cycle.response_started = cycle.response_complete = True
+        cycle.message_event.set()
+        self._transport.close()
