@@ -72,7 +72,7 @@ FIGURES = ("latency", "throughput", "scale", "token", "cli")
 @dataclass
 class Config:
     quick: bool
-    rounds: int = 3
+    rounds: int = 5
     warmup: int = 50
     warmup_seconds: float = 0.5
     calls: int = 1000
@@ -373,18 +373,20 @@ class Bench:
 
     def _alternative_paths(self, echo_url: str) -> list[LatencyPath]:
         paths: list[LatencyPath] = []
-        for client in ("httpx2", "rawhttp"):
+        for client, front in (("httpx2", "uvicorn"), ("rawhttp", "uvicorn"), ("rawhttp", "asyncio")):
             port = free_port()
+            key = f"raw-forwarder-{client}" + ("-bare" if front == "asyncio" else "")
             proc = Proc(
-                f"raw-forwarder-{client}",
-                [PY, RAW_FORWARDER, "--port", str(port), "--upstream", echo_url, "--client", client],
+                key,
+                [PY, RAW_FORWARDER, "--port", str(port), "--upstream", echo_url, "--client", client, "--front", front],
                 self.logs,
             )
             wait_port(port, proc)
+            stack = "uvicorn + httptools" if front == "uvicorn" else "a bare asyncio protocol + httptools"
             paths.append(
                 LatencyPath(
-                    f"raw-forwarder-{client}",
-                    f"raw byte forwarder, no MCP (uvicorn + httptools, {client} client): the floor",
+                    key,
+                    f"raw byte forwarder, no MCP ({stack}, {client} client): the floor",
                     http_connect(f"http://127.0.0.1:{port}/mcp"),
                     "echo",
                     "http",
