@@ -1,7 +1,8 @@
 """The lean path: `tools/call`, `tools/list` and `resources/read` on streamable HTTP without the
 SDK's per-message machinery (DESIGN.md, "The hot path").
 
-`LeanPath` is an ASGI layer in front of the SDK's streamable-HTTP app. For a POST it reads the
+`LeanPath` is an ASGI layer in front of the SDK's streamable-HTTP app (`gateway run` reaches its
+`serve` first from the fast lane, front.py, without the ASGI stack). For a POST it reads the
 body once and serves the request itself only when it can answer exactly as the SDK would:
 
 - 2026-07-28 (an `MCP-Protocol-Version` header outside the handshake versions): the SDK's own
