@@ -12,17 +12,18 @@ leave as they are produced, one step later at most.
 from __future__ import annotations
 
 import asyncio
-import os
 from typing import Any, Final, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from bastion.gateway.switches import switched_on
 
 COALESCE_ENV: Final = "BASTION_COALESCE"
 
 
 def coalesce_enabled() -> bool:
     """On unless `BASTION_COALESCE=0` (for measuring it against uvicorn's own protocol)."""
-    return os.environ.get(COALESCE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on(COALESCE_ENV)
 
 
 class CoalescingTransport:

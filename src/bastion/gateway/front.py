@@ -4,8 +4,8 @@ A `tools/call` through the gateway used to cross, on its way in and out, uvicorn
 `RequestResponseCycle` (its `send` re-checks every header and formats an access-log line that
 nobody sees), the proxy-headers middleware, the OAuth page's mount, the security middleware,
 Starlette's error, exception and routing layers, and the lean path's own body reader — each an
-`async` wrapper around `receive` and `send`. In the gateway's CPU per call that was more than the
-MCP work (docs/benchmarks.md, "Third round").
+`async` wrapper around `receive` and `send`: in an in-process measurement of the front alone, a
+fifth of its time per request (docs/benchmarks.md, "Third round").
 
 `FastLaneProtocol` is uvicorn's httptools protocol (with coalesced writes) that takes a POST to
 the MCP endpoint aside before the ASGI app would start: it waits for the body in the request's
@@ -21,7 +21,6 @@ off (so does `BASTION_COALESCE=0`, which gives uvicorn's own protocol back).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, ClassVar, Final, cast
 
 from starlette.types import Message, Receive, Scope
@@ -30,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 from bastion.gateway.coalesce import CoalescingHttpToolsProtocol, CoalescingTransport
 from bastion.gateway.lean import LeanPath
 from bastion.gateway.security import GatewaySecurityMiddleware
+from bastion.gateway.switches import switched_on
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ MCP_PATH: Final = "/mcp"
 
 
 def fast_lane_enabled() -> bool:
-    """On unless `BASTION_FAST_LANE=0` (benchmarks compare both in one run)."""
-    return os.environ.get(FAST_LANE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    """On unless `BASTION_FAST_LANE=0` (to measure it with `python -m bench.ab`)."""
+    return switched_on(FAST_LANE_ENV)
 
 
 class FastLane:

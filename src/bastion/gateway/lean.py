@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import math
-import os
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final, cast
 
@@ -61,6 +60,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.gateway.pool import LIST_ENVELOPE, Pool, Routes
+from bastion.gateway.switches import switched_on
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ _JSON_HEADER: Final = (b"content-type", b"application/json")
 
 def lean_enabled() -> bool:
     """The switch: on unless `BASTION_LEAN_PATH=0` (benchmarks compare both in one run)."""
-    return os.environ.get(LEAN_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on(LEAN_ENV)
 
 
 def accepts(accept: str) -> tuple[bool, bool]:

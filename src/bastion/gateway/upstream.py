@@ -50,6 +50,7 @@ from bastion.config.settings import GatewaySettings
 from bastion.errors import NeedsAuthorizationError, UpstreamError
 from bastion.gateway.auth import UpstreamBearerAuth
 from bastion.gateway.rawhttp import RawHTTPError
+from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
 from bastion.oauth.api import TokenProvider
 
@@ -713,7 +714,7 @@ _PROXY_VARIABLES: Final = ("http", "https", "all")
 
 def wire_enabled() -> bool:
     """The raw upstream channel is on unless `BASTION_WIRE=0` (benchmarks compare both)."""
-    return os.environ.get(WIRE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return switched_on(WIRE_ENV)
 
 
 def _proxied() -> bool:
