@@ -212,8 +212,12 @@ def test_headless_browser_as_browser_env_does_not_block_webbrowser(
         assert time.monotonic() - started < 5
         callback = listener.wait(20)
     assert callback["state"] == "s1" and "code" in callback
+    # The agent opens its log (creating it) and then writes its line: wait for a whole line, not
+    # only for the file (a fresh-clone CI run read it empty in between).
     deadline = time.monotonic() + 10
-    while not headless_browser.exists() and time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (
+        headless_browser.exists() and headless_browser.read_text().endswith("\n")
+    ):
         time.sleep(0.05)
     assert headless_browser.read_text().strip() == "callback: HTTP 200"
     assert callback["code"] not in headless_browser.read_text()
