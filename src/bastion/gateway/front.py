@@ -91,7 +91,8 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
     async def _serve(self, lane: FastLane, cycle: RequestResponseCycle, app: Any) -> None:
         body = await _whole_body(cycle, lane.lean.max_body)
         if body is not None:
-            response = DirectResponse(cycle, self.transport)
+            # The protocol's transport is the coalescing wrapper (`connection_made`).
+            response = DirectResponse(cycle, cast(CoalescingTransport, self.transport))
             try:
                 if await lane.serve(cycle, body, response):
                     response.check_complete()
@@ -100,10 +101,7 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
                 logger.exception("fast lane: request handler raised")
                 response.fail()
                 return
-            if response.started:  # pragma: no cover - LeanPath.serve sends nothing when it returns False
-                logger.error("fast lane: a declined request had started its response")
-                response.fail()
-                return
+            assert not response.started, "LeanPath.serve sends nothing when it declines"
         # Not the lane's: the whole ASGI app runs in this cycle. uvicorn's `receive` hands it the
         # body read so far (still in `cycle.body`) once the event is set.
         cycle.message_event.set()
@@ -133,7 +131,7 @@ class DirectResponse:
     head waits for the first body message, so a reply is one write; the last message completes
     the cycle as uvicorn does (keep-alive timer, next pipelined request)."""
 
-    def __init__(self, cycle: RequestResponseCycle, transport: Any) -> None:
+    def __init__(self, cycle: RequestResponseCycle, transport: CoalescingTransport) -> None:
         self._cycle = cycle
         self._transport = transport
         self._head: bytes | None = None
@@ -204,11 +202,7 @@ class DirectResponse:
         return b"".join(content)
 
     def _write(self, data: bytes) -> None:
-        transport = self._transport
-        if isinstance(transport, CoalescingTransport):
-            transport.write_now(data)  # one write per reply already: no need to wait a loop step
-        else:  # pragma: no cover - the lane runs on the coalescing protocol
-            transport.write(data)
+        self._transport.write_now(data)  # one write per reply already: no need to wait a loop step
 
     def check_complete(self) -> None:
         """After the lean path returned: a reply it left unfinished (it never should) closes the

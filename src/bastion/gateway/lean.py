@@ -115,9 +115,16 @@ def _json_content_type(value: str) -> bool:
     return any(part.strip() == "application/json" for part in value.split(";")[0].split(","))
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> str | None:
-    values = [value.decode("latin-1") for key, value in headers if key == b"content-length"]
-    return ",".join(values) if values else None
+def _header_dict(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Header names to values, repeated headers joined with commas (as the SDK reads them)."""
+    headers: dict[str, str] = {}
+    for key, value in raw:
+        name = key.decode("latin-1")
+        if name in headers:
+            headers[name] += "," + value.decode("latin-1")
+        else:
+            headers[name] = value.decode("latin-1")
+    return headers
 
 
 def _valid_id(value: object) -> bool:
@@ -163,12 +170,14 @@ class LeanPath:
         if not self.enabled or scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        length = _content_length(scope["headers"])
+        headers = _header_dict(scope["headers"])
+        length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self._max_body):
             await self.app(scope, receive, send)
             return
         body, replay = await self._read_body(receive)
-        if body is None or not await self.serve(scope, body, replay, send, handshake=True):
+        # Here an `initialize` may pass through to the SDK, to learn the version its session negotiates.
+        if body is None or not await self._serve(scope, headers, body, replay, send, handshake=True):
             await self.app(scope, replay, send)
 
     @property
@@ -176,23 +185,18 @@ class LeanPath:
         """The SDK's request-body limit: a larger body is the SDK's to refuse."""
         return self._max_body
 
-    async def serve(self, scope: Scope, body: bytes, receive: Receive, send: Send, *, handshake: bool = False) -> bool:
+    async def serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> bool:
         """Answer a POST whose whole `body` has been read, if it is one served here; False when
         nothing was sent and the request is the SDK's (the caller passes it on, body and all).
-
-        `handshake=True` lets an `initialize` through to the SDK from here, to learn the version
-        its session negotiates; the fast lane (front.py), which has no SDK app to call, leaves
-        those to the ASGI path, where they reach this layer again.
-        """
+        The fast lane (front.py) calls this; an `initialize` is left to the ASGI path, where it
+        reaches this layer again."""
         if not self.enabled:
             return False
-        headers: dict[str, str] = {}
-        for key, value in scope["headers"]:
-            name = key.decode("latin-1")
-            if name in headers:
-                headers[name] += "," + value.decode("latin-1")
-            else:
-                headers[name] = value.decode("latin-1")
+        return await self._serve(scope, _header_dict(scope["headers"]), body, receive, send, handshake=False)
+
+    async def _serve(
+        self, scope: Scope, headers: dict[str, str], body: bytes, receive: Receive, send: Send, *, handshake: bool
+    ) -> bool:
         try:
             return await self._dispatch(scope, headers, body, receive, send, handshake)
         except _Fallback:
