@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR
+from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from bastion.config.settings import GatewaySettings
@@ -91,12 +92,7 @@ class Scripted:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await Request(scope, receive).body()
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         parsed = json.loads(body)
         self.requests.append((headers, parsed))
@@ -434,13 +430,7 @@ class RecordBodies:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        chunks: list[bytes] = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        body = await Request(scope, receive).body()
         decoded = json.loads(body)
         if isinstance(decoded, dict) and decoded.get("method") == "tools/call":
             self.metas.append(decoded["params"].get("_meta", {}))
