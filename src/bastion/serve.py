@@ -59,8 +59,13 @@ def select_entries(app: Bastion, only: Sequence[str] | None) -> list[CatalogEntr
 class Runtime:
     """A `Gateway` with its token manager and watchers. `async with Runtime(app) as rt: rt.gateway`."""
 
-    def __init__(self, app: Bastion, *, only: Sequence[str] | None = None, watch: bool = True) -> None:
+    def __init__(
+        self, app: Bastion, *, only: Sequence[str] | None = None, watch: bool = True, wait: bool = True
+    ) -> None:
         self.app = app
+        self.wait = wait
+        """Enter only once every upstream has settled (in-process use: `tools ls/call`, the demo).
+        `gateway run` serves at once instead; a client's first listing waits (startup.py)."""
         self.only = list(only) if only else None
         self.watch = watch
         self.http = new_http_client()
@@ -101,7 +106,7 @@ class Runtime:
         if self.watch:
             self._tg.start_soon(self._watch_store)
             self._tg.start_soon(self._watch_config)
-        await self.gateway.start()
+        await self.gateway.start(wait=self.wait)
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

@@ -391,7 +391,7 @@ async def gateway_run(transport: str, host: str, port: int, servers: str | None)
     from bastion.serve import Runtime
 
     only = [s.strip() for s in servers.split(",") if s.strip()] if servers else None
-    async with open_app() as app, Runtime(app, only=only) as runtime:
+    async with open_app() as app, Runtime(app, only=only, wait=False) as runtime:
 
         def with_ui(inner: Any, token: str | None) -> Any:
             # The OAuth page at /ui, in front of the gateway's own middleware (it checks Host,

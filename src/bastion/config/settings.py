@@ -3,7 +3,7 @@
 features: {oauth-dcr: true}
 store: {backend: file | keyring | redis, url: redis://127.0.0.1:6379/0, prefix: "bastion:"}
 oauth: {callback_port: 5175, callback_timeout: 300, client_id_metadata_document: https://...}
-gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60}
+gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60, startup_wait: 15}
 """
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ class GatewaySettings(BaseModel):
     request_timeout: float = Field(60.0, gt=0)
     refresh_margin: float = Field(60.0, ge=0)
     """Refresh an access token this many seconds before it expires."""
+    startup_wait: float | None = Field(None, ge=0)
+    """A client's first listing waits this long at most for the servers still starting
+    (gateway/startup.py); default: `connect_timeout`. 0 turns the wait off."""
     restart_max: int = Field(5, ge=0)
     """A stdio server that exits this many times in a row without becoming ready is given up."""
 

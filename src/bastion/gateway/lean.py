@@ -408,6 +408,8 @@ class LeanPath:
         self, method: str, version: str, params: dict[str, Any]
     ) -> Callable[[], Awaitable[bytes | dict[str, Any]]]:
         if method == "tools/list":
+            if not self._pool.startup.open:
+                raise _Fallback  # the SDK path's handler waits for the upstreams still starting
             listing = self._tools_list(version)
             if listing is None:
                 raise _Fallback

@@ -21,6 +21,7 @@ from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, SERVER_INFO_META_KEY
 
 from bastion.gateway.naming import SEPARATOR, exposed_name
+from bastion.gateway.startup import StartupGate
 from bastion.gateway.upstream import Listing, Upstream, UpstreamState
 
 logger = logging.getLogger(__name__)
@@ -206,6 +207,9 @@ class Pool:
         self.routes = Routes()
         self._on_routes_changed = on_routes_changed
         self._exposed: dict[str, _Exposed] = {}
+        self.startup = StartupGate()
+        """Closed while upstreams of the gateway's start are on their first attempt (startup.py):
+        listings, and requests for a name not known yet, wait for it."""
 
     def rebuild(self) -> None:
         """Recompute the snapshot; report which lists changed. Cheap enough to run on every state change
@@ -226,12 +230,28 @@ class Pool:
             raise MCPError(code=INTERNAL_ERROR, message=f"server {route.server!r} is no longer enabled")
         return upstream
 
-    def upstream_for_tool(self, name: str) -> tuple[Upstream, str]:
-        route = self.routes.tools.get(name)
+    async def settled_routes(self) -> Routes:
+        """The snapshot a listing serves: at once when the startup gate is open (one flag), else
+        once the upstreams still starting have settled or the gate's bound has passed."""
+        if not self.startup.open:
+            await self.startup.wait()
+        return self.routes
+
+    async def _missing_tool(self, name: str) -> Route:
+        """A tool name not in the snapshot: the server may still be starting (a one-shot client
+        calls by name before any listing), so wait for the startup gate once; else say why."""
+        route = (await self.settled_routes()).tools.get(name)
         if route is None:
             self._raise_if_unavailable(name)
             raise MCPError(code=INVALID_PARAMS, message=f"unknown tool {name!r}")
-        return self._upstream(route), route.name
+        return route
+
+    async def _missing_resource(self, uri: str) -> Route:
+        """A URI no ready server claims: wait for the startup gate once, as `_missing_tool`."""
+        route = (await self.settled_routes()).resource_route(uri)
+        if route is None:
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown resource {uri!r}")
+        return route
 
     def _raise_if_unavailable(self, name: str) -> None:
         """A name of a server that is not ready gets that server's story, not "unknown"."""
@@ -243,7 +263,8 @@ class Pool:
     async def call_tool(
         self, params: types.CallToolRequestParams, progress: ProgressFnT | None = None
     ) -> dict[str, Any]:
-        upstream, original = self.upstream_for_tool(params.name)
+        route = self.routes.tools.get(params.name) or await self._missing_tool(params.name)
+        upstream, original = self._upstream(route), route.name
         request = types.CallToolRequest(params=params.model_copy(update={"name": original, "meta": None}))
         return _own_result(await upstream.send(request, progress=progress))
 
@@ -251,7 +272,8 @@ class Pool:
 
     async def call_tool_raw(self, name: str, arguments: dict[str, Any] | None) -> dict[str, Any]:
         """`call_tool` for already-validated wire params (no `_meta`, no progress)."""
-        upstream, original = self.upstream_for_tool(name)
+        route = self.routes.tools.get(name) or await self._missing_tool(name)
+        upstream, original = self._upstream(route), route.name
         params: dict[str, Any] = {"name": original}
         if arguments is not None:
             params["arguments"] = arguments
@@ -262,10 +284,7 @@ class Pool:
 
     async def read_resource_raw(self, uri: str) -> dict[str, Any]:
         """`read_resource` for an already-validated URI (no `_meta`, no progress)."""
-        route = self.routes.resource_route(uri)
-        if route is None:
-            raise MCPError(code=INVALID_PARAMS, message=f"unknown resource {uri!r}")
-        upstream = self._upstream(route)
+        upstream = self._upstream(self.routes.resource_route(uri) or await self._missing_resource(uri))
         if upstream.can_send_raw():
             return _own_result(await upstream.send_raw("resources/read", {"uri": uri}))
         request = types.ReadResourceRequest(params=types.ReadResourceRequestParams(uri=uri))
@@ -275,6 +294,8 @@ class Pool:
         self, params: types.GetPromptRequestParams, progress: ProgressFnT | None = None
     ) -> dict[str, Any]:
         route = self.routes.prompts.get(params.name)
+        if route is None and not self.startup.open:
+            route = (await self.settled_routes()).prompts.get(params.name)
         if route is None:
             self._raise_if_unavailable(params.name)
             raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {params.name!r}")
@@ -284,14 +305,14 @@ class Pool:
     async def read_resource(
         self, params: types.ReadResourceRequestParams, progress: ProgressFnT | None = None
     ) -> dict[str, Any]:
-        route = self.routes.resource_route(params.uri)
-        if route is None:
-            raise MCPError(code=INVALID_PARAMS, message=f"unknown resource {params.uri!r}")
+        route = self.routes.resource_route(params.uri) or await self._missing_resource(params.uri)
         request = types.ReadResourceRequest(params=params.model_copy(update={"meta": None}))
         return _own_result(await self._upstream(route).send(request, progress=progress))
 
     async def complete(self, params: types.CompleteRequestParams) -> dict[str, Any]:
         ref = params.ref
+        if not self.startup.open:
+            await self.settled_routes()
         if isinstance(ref, types.PromptReference):
             route = self.routes.prompts.get(ref.name)
             new_ref: types.PromptReference | types.ResourceTemplateReference | None = (

@@ -96,6 +96,12 @@ class Gateway:
         self._tg = await stack.enter_async_context(anyio.create_task_group())
         self._stack = stack
         self._tg.start_soon(self.notifier.run)
+        startup_wait = self.settings.startup_wait
+        self.pool.startup.begin(
+            (entry.name for entry in self._initial),
+            self.settings.connect_timeout if startup_wait is None else startup_wait,
+        )
+        self._tg.start_soon(self.pool.startup.expire)
         for entry in self._initial:
             self._start_upstream(entry)
         if wait:
@@ -143,6 +149,7 @@ class Gateway:
         def on_change(upstream: Upstream) -> None:
             if upstream.state is not UpstreamState.CONNECTING:
                 settled.set()
+                self.pool.startup.settle(upstream.name)
             if self.pool.upstreams.get(upstream.name) is upstream:
                 self.pool.rebuild()
 
@@ -175,6 +182,7 @@ class Gateway:
             return False
         self.pool.upstreams.pop(name, None)
         self._settled.pop(name, None)
+        self.pool.startup.settle(name)
         self.pool.rebuild()
         handle.scope.cancel()
         with anyio.CancelScope(shield=True):
@@ -222,6 +230,12 @@ class Gateway:
     def status(self) -> list[UpstreamStatus]:
         return [self._handles[name].upstream.status() for name in sorted(self._handles)]
 
+    async def announce_ready(self, emit: Callable[[str], None]) -> None:
+        """Once the startup gate opens, `emit` one line: how long it took and where each server is."""
+        gate = self.pool.startup
+        await gate.wait()
+        emit(ready_line(self.status(), gate.pending_at_open, (gate.opened_at or 0.0) - (gate.started_at or 0.0)))
+
     # -- in-process use (`bastion tools ls/call`) ---------------------------------------------------
 
     async def list_tools(self) -> list[types.Tool]:
@@ -245,6 +259,35 @@ class Gateway:
         if upstream is not None and upstream.state is UpstreamState.NEEDS_AUTHORIZATION:
             return NeedsAuthorizationError(exc.error.message)
         return UpstreamError(exc.error.message)
+
+
+def ready_line(statuses: Iterable[UpstreamStatus], still_starting: Iterable[str], took: float) -> str:
+    """`ready in 2.1s: 3 servers ready, 1 failed (x), 1 waiting for authorization (notion-remote)`."""
+    groups: dict[str, list[str]] = {}
+    starting = set(still_starting)
+    for status in statuses:
+        if status.name in starting:
+            label = "still starting"
+        elif status.state is UpstreamState.READY:
+            label = "ready"
+        elif status.state is UpstreamState.NEEDS_AUTHORIZATION:
+            label = "waiting for authorization"
+        elif status.state is UpstreamState.FAILED:
+            label = "failed"
+        else:
+            label = "retrying"  # disconnected after a failed first attempt, backing off
+        groups.setdefault(label, []).append(status.name)
+    parts = []
+    for label in ("ready", "waiting for authorization", "failed", "retrying", "still starting"):
+        names = groups.get(label)
+        if not names:
+            continue
+        count = f"{len(names)} server{'s' if len(names) != 1 else ''} {label}"
+        parts.append(count if label == "ready" else f"{count} ({', '.join(names)})")
+    summary = ", ".join(parts) if parts else "no servers enabled"
+    if starting:
+        summary += "; their tools arrive with list_changed"
+    return f"ready in {took:.1f}s: {summary}"
 
 
 # -- serving ----------------------------------------------------------------------------------------
@@ -370,12 +413,17 @@ async def _serve(
                     return
 
         tg.start_soon(watch_signals)
+        tg.start_soon(gateway.announce_ready, _say)
         if sock is None:
             tg.start_soon(_serve_stdio, gateway, stop)
         else:
             tg.start_soon(_serve_http, gateway, transport, sock, stop, wrap)
         await stop.wait()
         tg.cancel_scope.cancel()
+
+
+def _say(line: str) -> None:
+    print(f"bastion: {line}", file=sys.stderr, flush=True)
 
 
 class _StdinLines:

@@ -214,13 +214,13 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     """The downstream MCP server: every handler reads `pool.routes` and forwards."""
 
     async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
-        return {**LIST_ENVELOPE, "tools": list(pool.routes.tools_wire)}
+        return {**LIST_ENVELOPE, "tools": list((await pool.settled_routes()).tools_wire)}
 
     async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> dict[str, Any]:
         return await pool.call_tool(params, _progress(ctx))
 
     async def list_prompts(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams) -> dict[str, Any]:
-        return {**LIST_ENVELOPE, "prompts": list(pool.routes.prompts_wire)}
+        return {**LIST_ENVELOPE, "prompts": list((await pool.settled_routes()).prompts_wire)}
 
     async def get_prompt(ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> dict[str, Any]:
         return await pool.get_prompt(params, _progress(ctx))
@@ -228,12 +228,12 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     async def list_resources(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
     ) -> dict[str, Any]:
-        return {**LIST_ENVELOPE, "resources": list(pool.routes.resources_wire)}
+        return {**LIST_ENVELOPE, "resources": list((await pool.settled_routes()).resources_wire)}
 
     async def list_resource_templates(
         ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams
     ) -> dict[str, Any]:
-        return {**LIST_ENVELOPE, "resourceTemplates": list(pool.routes.templates_wire)}
+        return {**LIST_ENVELOPE, "resourceTemplates": list((await pool.settled_routes()).templates_wire)}
 
     async def read_resource(
         ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams

@@ -1,6 +1,9 @@
 """A small MCP server for gateway tests.
 
-    python echo_server.py [--name NAME] [--http PORT]     # stdio by default
+    python echo_server.py [--name NAME] [--http PORT] [--start-delay SECONDS]     # stdio by default
+
+`--start-delay` sleeps before serving, so `initialize` is answered that much later (a server
+started with `npx`/`uvx` that is still installing).
 
 Tools: `echo`, `region` (an `x-mcp-header` parameter), `env` (reads an environment variable), `pid`,
 `crash` (the process exits), `hang` (never answers), `slow_progress` (reports progress). Also a prompt and a resource.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Annotated
 
 import anyio
@@ -81,7 +85,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", default="echo")
     parser.add_argument("--http", type=int, default=None)
+    parser.add_argument("--start-delay", type=float, default=0.0)
     args = parser.parse_args()
+    if args.start_delay:
+        time.sleep(args.start_delay)
     server = build(args.name)
     if args.http is None:
         server.run()
