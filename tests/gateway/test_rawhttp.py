@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -222,26 +225,93 @@ async def test_interim_100_continue_is_skipped_for_the_final_response() -> None:
         pool.close()
 
 
-async def test_reused_connection_closed_before_any_reply_byte_is_retried_once_on_a_new_one() -> None:
-    """RFC 9112 §9.3.1: the server closed an idle connection as the request went out."""
+async def test_request_read_then_hung_up_on_is_an_error_never_sent_again() -> None:
+    """RFC 9112 §9.3.1: a reused connection that closes after the request went out may have run it
+    (a `tools/call` that read its request and died); the client must not send it a second time."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
         writer.write(ok(b"one"))
         await writer.drain()
-        if server.connections == 1:
-            await server.read_request(reader)  # then hang up without a byte of reply
-            return
-        await reader.read()
+        await server.read_request(reader)  # read (and, for all we know, run) the second, then hang up
+        writer.transport.abort()
 
     server = Scripted(handler)
     async with server:
         pool = OriginPool(server.url)
-        for expected in (b"one", b"one"):
-            response = await pool.request("POST", [], b"{}")
-            assert await response.read() == expected
-            response.release()
-        assert (pool.connections_opened, server.connections) == (2, 2)
+        response = await pool.request("POST", [], b"{}")
+        assert await response.read() == b"one"
+        response.release()
+        with pytest.raises(RawHTTPError, match="closed the connection") as caught:
+            await pool.request("POST", [], b"{}")
+        assert not caught.value.request_unread
+        await asyncio.sleep(0.1)  # a resend, if there were one, would have arrived by now
+        assert (len(server.requests), server.connections, pool.connections_opened) == (2, 1, 1)
+        pool.close()
+
+
+class ThreadedServer:
+    """A blocking loopback server in a thread, so it can act while the test holds the event loop:
+    answers one request per connection with a keep-alive reply, then closes that connection."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(5)
+        self.requests = 0
+        self.hung_up = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/mcp"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        break
+                    data += piece
+                if not data:
+                    continue
+                self.requests += 1
+                conn.sendall(ok(b"%d" % self.requests))
+            self.hung_up.set()
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        socket.create_connection(self.listener.getsockname(), timeout=5).close()  # wakes accept()
+        self.thread.join(5)
+        self.listener.close()
+
+
+async def test_idle_connection_the_server_closed_is_discarded_before_the_request_is_written() -> None:
+    """The close can sit in the kernel before the event loop has read it; the pool must look first,
+    since it no longer resends a request that went out on a dead connection."""
+    with ThreadedServer() as server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert await response.read() == b"1"
+        response.release()
+        assert server.hung_up.wait(5)  # blocks the loop on purpose: it must not see the close
+        time.sleep(0.05)  # loopback delivers the FIN at once; a margin all the same
+        assert len(pool._idle) == 1 and not pool._idle[0].closed  # the loop has not noticed
+        second = await pool.request("POST", [], b"{}")
+        assert await second.read() == b"2"
+        second.release()
+        assert (server.requests, pool.connections_opened) == (2, 2)
         pool.close()
 
 

@@ -10,17 +10,20 @@ hot path of a gateway posts small JSON bodies to one origin over and over.
 
 What it does: `Content-Length` and chunked bodies, bodies that end with the connection, `gzip` /
 `deflate` content codings, TLS with the context it is given, streaming of a body as it arrives
-(for SSE responses), and one retry on a fresh connection when a reused idle connection turns out
-to have been closed by the server before any byte of the response came back (the server did not
-read the request; RFC 9112 §9.3.1 allows the retry for that case). What it does not do: proxies,
-HTTP/2, redirects, `Expect: 100-continue`, request bodies that are not one `bytes` — callers that
-need any of those use httpx2.
+(for SSE responses). A request is written at most once: an idle connection is checked before it is
+reused (one that the server closed, or that has bytes nobody asked for, is discarded), and a
+connection that fails once the request went out is an error for that request, never a resend —
+a server that read a `tools/call` and then hung up may have run it (RFC 9112 §9.3.1 leaves the
+retry of a non-idempotent request to the user). What it does not do: proxies, HTTP/2, redirects,
+`Expect: 100-continue`, request bodies that are not one `bytes` — callers that need any of those
+use httpx2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -216,22 +219,24 @@ class _Connection(asyncio.Protocol):
         self._headers: dict[str, str] = {}
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
-        self._bytes_seen = False
         self._body_until_close = False
         self._finished_unreleased: Response | None = None
-        self.reused = False
+        self._poll: select.poll | None = None
         self.closed = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio.Transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if self._head is None and self._response is None:
             self.close()  # bytes nobody asked for: the connection is not safe to reuse
             return
-        self._bytes_seen = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -248,8 +253,7 @@ class _Connection(asyncio.Protocol):
             response._finish()  # a body delimited by the connection closing (RFC 9112 §6.3 item 8)
             return
         if self._head is not None and not self._head.done():
-            retry = self.reused and not self._bytes_seen
-            self._head.set_exception(_StaleConnection() if retry else RawHTTPError("the server closed the connection"))
+            self._head.set_exception(RawHTTPError("the server closed the connection before it answered"))
         if response is not None:
             response._fail(RawHTTPError("the server closed the connection mid-response"))
 
@@ -302,11 +306,17 @@ class _Connection(asyncio.Protocol):
 
     # -- used by the pool and the response ------------------------------------------------------
 
+    def reusable(self) -> bool:
+        """Whether this idle connection can carry a request: open, and nothing to read on its socket
+        (a close from the server or stray bytes may be in the kernel before the loop has seen them)."""
+        if self.closed or self._transport is None or self._transport.is_closing():
+            return False
+        return self._poll is None or not self._poll.poll(0)
+
     async def exchange(self, payload: bytes) -> Response:
         assert self._transport is not None
         loop = asyncio.get_running_loop()
         self._head = head = loop.create_future()
-        self._bytes_seen = False
         self._parser = httptools.HttpResponseParser(self)
         self._transport.write(payload)
         try:
@@ -344,10 +354,6 @@ class _Connection(asyncio.Protocol):
                 self._transport.close()
 
 
-class _StaleConnection(Exception):
-    """A reused idle connection closed before any response byte: safe to send again."""
-
-
 class OriginPool:
     """Keep-alive connections to one origin. Not thread-safe; one event loop."""
 
@@ -367,24 +373,15 @@ class OriginPool:
         """Send one request; the response once its head arrived. Raises `RawHTTPError` (and
         ValueError for headers that could split the request, before anything is sent)."""
         payload = encode_request(method, self.origin, headers, body)
-        connection = self._take_idle()
-        if connection is not None:
-            try:
-                return await connection.exchange(payload)
-            except _StaleConnection:
-                pass  # the server had closed it; the request was never read
-        connection = await self._connect()
-        try:
-            return await connection.exchange(payload)
-        except _StaleConnection:  # pragma: no cover - a fresh connection is never "reused"
-            raise RawHTTPError("the server closed the connection") from None
+        connection = self._take_idle() or await self._connect()
+        return await connection.exchange(payload)
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and connection._transport is not None and not connection._transport.is_closing():
-                connection.reused = True
+            if connection.reusable():
                 return connection
+            connection.close()
         return None
 
     async def _connect(self) -> _Connection:
