@@ -11,12 +11,13 @@ import gzip
 import socket
 import threading
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from bastion.gateway import rawhttp
-from bastion.gateway.rawhttp import OriginPool, RawHTTPError, encode_request
+from bastion.gateway.rawhttp import LimitExceeded, OriginPool, RawHTTPError, encode_request
 
 pytestmark = pytest.mark.anyio
 
@@ -516,3 +517,165 @@ async def test_closed_pool_refuses_new_connections(echo: Scripted) -> None:
     with pytest.raises(RawHTTPError, match="closed") as caught:
         await pool.request("POST", [], b"{}")
     assert caught.value.request_unread
+
+
+# -- what a hostile server can make a response cost (issue 12, point 7) ------------------------------
+
+
+def gzip_of_zeros(mib: int) -> bytes:
+    """`mib` MiB of zeros as gzip, about 1 KiB per MiB (a gzip bomb). Deflate repeats itself on
+    zeros: after the first MiB, each further MiB with a sync flush is the same 1036 bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    first = packer.compress(bytes(1 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH)
+    again = packer.compress(bytes(1 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH)
+    return first + again * (mib - 1)
+
+
+async def test_gzip_bomb_fails_at_the_decoded_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rawhttp, "MAX_BODY", 4 << 20)
+    bomb = gzip_of_zeros(64)  # 64 KiB on the wire, 64 MiB decoded
+    assert len(bomb) < rawhttp.MAX_BODY
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(ok(bomb, b"Content-Encoding: gzip"))
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        decoded = 0
+        with pytest.raises(LimitExceeded, match="larger than 4 MiB once decoded"):
+            async for piece in response.chunks():
+                decoded += len(piece)
+        assert decoded <= 4 << 20
+        assert not pool._all  # the connection is closed, not kept for another request
+        response.release()
+        pool.close()
+
+
+async def test_body_that_inflates_is_decoded_a_piece_at_a_time_with_the_loop_serving_others() -> None:
+    bomb = gzip_of_zeros(8)
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(len(ticks))
+            await asyncio.sleep(0)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb))
+        writer.write(bomb)  # no gzip trailer: the stream is cut after 8 MiB, which decodes fine
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        other = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        sizes, seen = [], []
+        async for piece in response.chunks():
+            sizes.append(len(piece))
+            seen.append(len(ticks))
+        other.cancel()
+        assert sum(sizes) == 8 << 20
+        assert max(sizes) <= rawhttp.DECODE_PIECE
+        assert len(set(seen)) >= 8  # the other task ran between the pieces
+        response.release()
+        pool.close()
+
+
+def head_with(*fields: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n{}"
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (head_with(*[b"X-A: 1"] * 101), "more than 100 header fields"),
+        (head_with(*[b"Set-Cookie: " + b"c" * 1024] * 70), "header fields larger than 64 KiB"),
+    ],
+    ids=["too-many-fields", "repeated-field-too-large"],
+)
+async def test_response_head_past_its_limits_fails_the_exchange(reply: bytes, match: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(reply)
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        with pytest.raises(LimitExceeded, match=match):
+            await pool.request("POST", [], b"{}")
+        assert not pool._all
+        pool.close()
+
+
+@pytest.mark.parametrize(
+    ("opening", "filler"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Endless: ", b"a" * 4096),
+        (b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 100),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ", b"t" * 4096),
+    ],
+    ids=["endless-field", "endless-interim-responses", "endless-trailer"],
+)
+async def test_endless_head_fails_once_past_the_limit_and_the_connection_is_closed(
+    opening: bytes, filler: bytes
+) -> None:
+    """The parser keeps an unfinished field in memory: it must stop growing at `MAX_HEAD`, not
+    wait for a line end that never comes (the server would stop at 16 MiB)."""
+    sent = [0]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(opening)
+        while sent[0] < 16 << 20:
+            writer.write(filler)
+            sent[0] += len(filler)
+            await writer.drain()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        with pytest.raises(LimitExceeded, match="larger than 64 KiB"):
+            async with asyncio.timeout(5):
+                response = await pool.request("POST", [], b"{}")
+                await response.read()
+        assert sent[0] < 16 << 20
+        pool.close()
+
+
+async def test_released_response_that_never_ends_loses_its_connection_after_the_drain_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An SSE reply whose stream goes on after the reply event: the caller is done with it, and the
+    server must not hold a connection (and a file descriptor) per call for ever."""
+    monkeypatch.setattr(rawhttp, "DRAIN_TIMEOUT", 0.2)
+    hung_up = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nreply\r\n")
+        for _ in range(100):  # a trickle, well below MAX_DRAIN, for at most 5 s
+            if reader.at_eof():
+                break
+            writer.write(b"1\r\n.\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        hung_up.set()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert await anext(response.chunks()) == b"reply"
+        response.release()
+        async with asyncio.timeout(3):
+            await hung_up.wait()
+        assert not pool._all and not pool._idle
+        pool.close()

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from bastion.config.settings import GatewaySettings
 from bastion.gateway import upstream as upstream_module
-from bastion.gateway.rawhttp import RawHTTPError
+from bastion.gateway.rawhttp import LimitExceeded, RawHTTPError
 from bastion.gateway.runtime import Gateway
 from bastion.gateway.upstream import Upstream, UpstreamState
 from bastion.gateway.wire import Event, Resend, SSEDecoder, WireChannel
@@ -73,6 +73,47 @@ def test_any_split_of_the_bytes_gives_the_same_events(cuts: list[int]) -> None:
     decoder = SSEDecoder()
     events = [event for piece in pieces for event in decoder.feed(piece)]
     assert events == EXPECTED
+
+
+def test_event_just_under_the_limit_is_dispatched_whole() -> None:
+    decoder = SSEDecoder(max_size=1000)
+    # field lines count whole ("data: " included), as the SDK's parser counts them
+    events = decoder.feed(b"data: " + b"a" * 494 + b"\ndata: " + b"b" * 494 + b"\n\n")
+    assert events == [Event("message", "a" * 494 + "\n" + "b" * 494, None)]
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        [b"data: " + b"x" * 1024 + b"\n"] * 1100,  # many lines, no blank line to end the event
+        [b"data: "] + [b"x" * 1024] * 1100,  # one line that never ends
+        [b": a comment that never ends "] + [b"x" * 1024] * 1100,
+    ],
+    ids=["endless-event", "endless-line", "endless-comment"],
+)
+def test_event_past_one_mib_fails_as_soon_as_it_is_past(stream: list[bytes]) -> None:
+    """The SDK's transport stops an event at 1 MiB (DEFAULT_MAX_SSE_EVENT_SIZE); so does the raw channel."""
+    decoder = SSEDecoder()
+    fed = 0
+    with pytest.raises(LimitExceeded, match="server-sent event larger than 1 MiB"):
+        for piece in stream:
+            fed += len(piece)
+            decoder.feed(piece)
+    assert 1 << 20 < fed <= (1 << 20) + 2048
+
+
+def test_limit_counts_each_event_on_its_own() -> None:
+    decoder = SSEDecoder(max_size=1000)
+    for index in range(50):
+        assert decoder.feed(b"data: " + b"x" * 900 + b"\n\n") == [Event("message", "x" * 900, None)], index
+
+
+def test_events_before_an_oversized_one_in_the_same_chunk_come_first() -> None:
+    decoder = SSEDecoder(max_size=100)
+    events = decoder.feed(b"data: reply\n\ndata: " + b"x" * 200)
+    assert events == [Event("message", "reply", None)]
+    with pytest.raises(LimitExceeded):
+        decoder.feed(b"more\n\n")
 
 
 # -- the channel against a scripted upstream ---------------------------------------------------------

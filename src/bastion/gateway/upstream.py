@@ -49,7 +49,7 @@ from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import NeedsAuthorizationError, UpstreamError
 from bastion.gateway.auth import UpstreamBearerAuth
-from bastion.gateway.rawhttp import RawHTTPError
+from bastion.gateway.rawhttp import LimitExceeded, RawHTTPError
 from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
 from bastion.oauth.api import TokenProvider
@@ -668,6 +668,12 @@ class Upstream:
             except TimeoutError:
                 raise self._forwarding_error(
                     session, MCPError(code=REQUEST_TIMEOUT, message="timed out"), method
+                ) from None
+            except LimitExceeded as exc:
+                raise MCPError(
+                    code=INTERNAL_ERROR,
+                    message=f"server {self.name!r} {exc}, more than the gateway accepts; it stopped reading "
+                    f"the reply, and the request may have run there — check that server (or ask it for less)",
                 ) from None
             except RawHTTPError as exc:
                 raise MCPError(
