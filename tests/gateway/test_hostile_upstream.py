@@ -48,6 +48,12 @@ def gzip_bomb() -> Iterator[bytes]:
         yield again
 
 
+def endless_drip() -> Iterator[bytes]:
+    """An event stream that stays well inside every limit and never answers (stops after 10 s)."""
+    for _ in range(200):
+        yield b": still thinking\n\n"
+
+
 def endless_event() -> Iterator[bytes]:
     """One server-sent event whose data line never ends (stops at 64 MiB)."""
     yield b"event: message\ndata: "
@@ -71,6 +77,7 @@ class Hostile:
             EMPTY_DEFLATE_BLOCK,
         ),
         "flood": ([(b"content-type", b"text/event-stream")], endless_event, b"x"),
+        "drip": ([(b"content-type", b"text/event-stream")], endless_drip, b""),
     }
 
     def __init__(self, app: ASGIApp, pause_after: int) -> None:
@@ -126,7 +133,7 @@ class Hostile:
                             await send({"type": "http.response.body", "body": trickle, "more_body": True})
                             self.sent += len(trickle)
                             await anyio.sleep(0.01)
-                await anyio.sleep(0)
+                await anyio.sleep(0.05 if name == "drip" else 0)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             tg.cancel_scope.cancel()
 
@@ -144,22 +151,32 @@ def hostile_server() -> MCPServer:
         """Replaced by an endless server-sent event."""
         return "unreachable"
 
+    @server.tool()
+    def drip() -> str:
+        """Replaced by an event stream that never answers."""
+        return "unreachable"
+
     return server
 
 
-@pytest.fixture
-async def stack() -> AsyncIterator[tuple[str, Hostile]]:
+async def hostile_stack(settings: GatewaySettings) -> AsyncIterator[tuple[str, Hostile]]:
     """A hostile and a healthy upstream behind the gateway, served as `gateway run` serves it."""
-    hostile = Hostile(hostile_server().streamable_http_app(), pause_after=0)
+    hostile = Hostile(hostile_server().streamable_http_app(), pause_after=1 << 62)
     async for evil_base in serve_in_process(hostile):
         async for good_base in serve_in_process(build("good").streamable_http_app()):
             entries = [remote_entry("evil", f"{evil_base}/mcp"), remote_entry("good", f"{good_base}/mcp")]
-            async with Gateway(entries, SETTINGS) as gateway:
+            async with Gateway(entries, settings) as gateway:
                 assert all(status.state is UpstreamState.READY for status in gateway.status())
                 assert gateway.pool.upstreams["evil"]._wire is not None  # the raw channel is what is tested
                 app = http_app(gateway.server, gateway.pool, lean=True)
                 async for base in serve_in_process(*front_of(app, "lane")):
                     yield f"{base}/mcp", hostile
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[tuple[str, Hostile]]:
+    async for served in hostile_stack(SETTINGS):
+        yield served
 
 
 @pytest.mark.parametrize(
@@ -213,3 +230,17 @@ async def test_hostile_reply_fails_its_call_while_other_clients_are_served(
     with anyio.fail_after(5):
         async with Client(url) as later:
             assert text_of(await later.call_tool("evil__echo", {"text": "after"})) == "after"
+
+
+async def test_reply_that_streams_within_every_limit_but_never_answers_ends_at_the_request_timeout() -> None:
+    """Limits bound the bytes; `request_timeout` bounds the time, on the raw channel as on the SDK's."""
+    async for url, hostile in hostile_stack(GatewaySettings(connect_timeout=10, request_timeout=1, restart_max=0)):
+        async with Client(url) as client:
+            with (
+                anyio.fail_after(5),
+                pytest.raises(MCPError, match="server 'evil' did not answer tools/call within 1s"),
+            ):
+                await client.call_tool("evil__drip", {})
+            with anyio.fail_after(5):
+                await hostile.hung_up.wait()  # the gateway closed the stream, it did not leave it open
+            assert text_of(await client.call_tool("evil__echo", {"text": "after"})) == "after"
