@@ -136,7 +136,8 @@ class Response:
 
     Read it with `read()` (the whole body) or `chunks()` (pieces as they come); `release()` when
     done. A released response whose body is still arriving keeps its connection until the body
-    ends (then the connection is reused) or `MAX_DRAIN` bytes pass (then it is closed).
+    ends (then the connection is reused), or `MAX_DRAIN` bytes or `DRAIN_TIMEOUT` seconds pass
+    (then it is closed).
     """
 
     def __init__(self, connection: _Connection, status: int, headers: dict[str, str]) -> None:

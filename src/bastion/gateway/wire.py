@@ -15,7 +15,8 @@ It only handles what a healthy upstream answers. Whatever means "this request wa
 connection that could not be opened — raises `Resend`, and the caller sends the same request
 through the SDK session, whose transport and `UpstreamBearerAuth` deal with it exactly as
 before (refresh once, step up, report needs-authorization, drop the session). Other failures are
-worded as the SDK's transport words them.
+worded as the SDK's transport words them. A reply past a limit (rawhttp's for heads and bodies,
+`MAX_EVENT_SIZE` for one event) raises `LimitExceeded` and its connection is closed.
 
 Server-to-client traffic on a response stream: notifications go to `on_notification` (log
 messages are relayed, list changes trigger a re-list); requests are answered as the SDK client
