@@ -672,8 +672,8 @@ class Upstream:
             except LimitExceeded as exc:
                 raise MCPError(
                     code=INTERNAL_ERROR,
-                    message=f"server {self.name!r} {exc}, more than the gateway accepts; it stopped reading "
-                    f"the reply, and the request may have run there — check that server (or ask it for less)",
+                    message=f"server {self.name!r} {exc}, more than the gateway accepts: the reply was dropped, "
+                    f"and the request may have run there — check that server, or ask it for less",
                 ) from None
             except RawHTTPError as exc:
                 raise MCPError(
