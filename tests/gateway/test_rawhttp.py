@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import socket
+import threading
+import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from bastion.gateway import rawhttp
-from bastion.gateway.rawhttp import OriginPool, RawHTTPError, encode_request
+from bastion.gateway.rawhttp import LimitExceeded, OriginPool, RawHTTPError, encode_request
 
 pytestmark = pytest.mark.anyio
 
@@ -222,26 +226,93 @@ async def test_interim_100_continue_is_skipped_for_the_final_response() -> None:
         pool.close()
 
 
-async def test_reused_connection_closed_before_any_reply_byte_is_retried_once_on_a_new_one() -> None:
-    """RFC 9112 §9.3.1: the server closed an idle connection as the request went out."""
+async def test_request_read_then_hung_up_on_is_an_error_never_sent_again() -> None:
+    """RFC 9112 §9.3.1: a reused connection that closes after the request went out may have run it
+    (a `tools/call` that read its request and died); the client must not send it a second time."""
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_request(reader)
         writer.write(ok(b"one"))
         await writer.drain()
-        if server.connections == 1:
-            await server.read_request(reader)  # then hang up without a byte of reply
-            return
-        await reader.read()
+        await server.read_request(reader)  # read (and, for all we know, run) the second, then hang up
+        writer.transport.abort()
 
     server = Scripted(handler)
     async with server:
         pool = OriginPool(server.url)
-        for expected in (b"one", b"one"):
-            response = await pool.request("POST", [], b"{}")
-            assert await response.read() == expected
-            response.release()
-        assert (pool.connections_opened, server.connections) == (2, 2)
+        response = await pool.request("POST", [], b"{}")
+        assert await response.read() == b"one"
+        response.release()
+        with pytest.raises(RawHTTPError, match="closed the connection") as caught:
+            await pool.request("POST", [], b"{}")
+        assert not caught.value.request_unread
+        await asyncio.sleep(0.1)  # a resend, if there were one, would have arrived by now
+        assert (len(server.requests), server.connections, pool.connections_opened) == (2, 1, 1)
+        pool.close()
+
+
+class ThreadedServer:
+    """A blocking loopback server in a thread, so it can act while the test holds the event loop:
+    answers one request per connection with a keep-alive reply, then closes that connection."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(5)
+        self.requests = 0
+        self.hung_up = threading.Event()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/mcp"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    piece = conn.recv(65536)
+                    if not piece:
+                        break
+                    data += piece
+                if not data:
+                    continue
+                self.requests += 1
+                conn.sendall(ok(b"%d" % self.requests))
+            self.hung_up.set()
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        socket.create_connection(self.listener.getsockname(), timeout=5).close()  # wakes accept()
+        self.thread.join(5)
+        self.listener.close()
+
+
+async def test_idle_connection_the_server_closed_is_discarded_before_the_request_is_written() -> None:
+    """The close can sit in the kernel before the event loop has read it; the pool must look first,
+    since it no longer resends a request that went out on a dead connection."""
+    with ThreadedServer() as server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert await response.read() == b"1"
+        response.release()
+        assert server.hung_up.wait(5)  # blocks the loop on purpose: it must not see the close
+        time.sleep(0.05)  # loopback delivers the FIN at once; a margin all the same
+        assert len(pool._idle) == 1 and not pool._idle[0].closed  # the loop has not noticed
+        second = await pool.request("POST", [], b"{}")
+        assert await second.read() == b"2"
+        second.release()
+        assert (server.requests, pool.connections_opened) == (2, 2)
         pool.close()
 
 
@@ -446,3 +517,165 @@ async def test_closed_pool_refuses_new_connections(echo: Scripted) -> None:
     with pytest.raises(RawHTTPError, match="closed") as caught:
         await pool.request("POST", [], b"{}")
     assert caught.value.request_unread
+
+
+# -- what a hostile server can make a response cost (issue 12, point 7) ------------------------------
+
+
+def gzip_of_zeros(mib: int) -> bytes:
+    """`mib` MiB of zeros as gzip, about 1 KiB per MiB (a gzip bomb). Deflate repeats itself on
+    zeros: after the first MiB, each further MiB with a sync flush is the same 1036 bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    first = packer.compress(bytes(1 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH)
+    again = packer.compress(bytes(1 << 20)) + packer.flush(zlib.Z_SYNC_FLUSH)
+    return first + again * (mib - 1)
+
+
+async def test_gzip_bomb_fails_at_the_decoded_size_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rawhttp, "MAX_BODY", 4 << 20)
+    bomb = gzip_of_zeros(64)  # 64 KiB on the wire, 64 MiB decoded
+    assert len(bomb) < rawhttp.MAX_BODY
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(ok(bomb, b"Content-Encoding: gzip"))
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        decoded = 0
+        with pytest.raises(LimitExceeded, match="larger than 4 MiB once decoded"):
+            async for piece in response.chunks():
+                decoded += len(piece)
+        assert decoded <= 4 << 20
+        assert not pool._all  # the connection is closed, not kept for another request
+        response.release()
+        pool.close()
+
+
+async def test_body_that_inflates_is_decoded_a_piece_at_a_time_with_the_loop_serving_others() -> None:
+    bomb = gzip_of_zeros(8)
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(len(ticks))
+            await asyncio.sleep(0)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(bomb))
+        writer.write(bomb)  # no gzip trailer: the stream is cut after 8 MiB, which decodes fine
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        other = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        sizes, seen = [], []
+        async for piece in response.chunks():
+            sizes.append(len(piece))
+            seen.append(len(ticks))
+        other.cancel()
+        assert sum(sizes) == 8 << 20
+        assert max(sizes) <= rawhttp.DECODE_PIECE
+        assert len(set(seen)) >= 8  # the other task ran between the pieces
+        response.release()
+        pool.close()
+
+
+def head_with(*fields: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n{}"
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        (head_with(*[b"X-A: 1"] * 101), "more than 100 header fields"),
+        (head_with(*[b"Set-Cookie: " + b"c" * 1024] * 70), "header fields larger than 64 KiB"),
+    ],
+    ids=["too-many-fields", "repeated-field-too-large"],
+)
+async def test_response_head_past_its_limits_fails_the_exchange(reply: bytes, match: str) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(reply)
+        await reader.read()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        with pytest.raises(LimitExceeded, match=match):
+            await pool.request("POST", [], b"{}")
+        assert not pool._all
+        pool.close()
+
+
+@pytest.mark.parametrize(
+    ("opening", "filler"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Endless: ", b"a" * 4096),
+        (b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 100),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\nX-Trailer: ", b"t" * 4096),
+    ],
+    ids=["endless-field", "endless-interim-responses", "endless-trailer"],
+)
+async def test_endless_head_fails_once_past_the_limit_and_the_connection_is_closed(
+    opening: bytes, filler: bytes
+) -> None:
+    """The parser keeps an unfinished field in memory: it must stop growing at `MAX_HEAD`, not
+    wait for a line end that never comes (the server would stop at 16 MiB)."""
+    sent = [0]
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(opening)
+        while sent[0] < 16 << 20:
+            writer.write(filler)
+            sent[0] += len(filler)
+            await writer.drain()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        with pytest.raises(LimitExceeded, match="larger than 64 KiB"):
+            async with asyncio.timeout(5):
+                response = await pool.request("POST", [], b"{}")
+                await response.read()
+        assert sent[0] < 16 << 20
+        pool.close()
+
+
+async def test_released_response_that_never_ends_loses_its_connection_after_the_drain_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An SSE reply whose stream goes on after the reply event: the caller is done with it, and the
+    server must not hold a connection (and a file descriptor) per call for ever."""
+    monkeypatch.setattr(rawhttp, "DRAIN_TIMEOUT", 0.2)
+    hung_up = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nreply\r\n")
+        for _ in range(100):  # a trickle, well below MAX_DRAIN, for at most 5 s
+            if reader.at_eof():
+                break
+            writer.write(b"1\r\n.\r\n")
+            await writer.drain()
+            await asyncio.sleep(0.05)
+        hung_up.set()
+
+    server = Scripted(handler)
+    async with server:
+        pool = OriginPool(server.url)
+        response = await pool.request("POST", [], b"{}")
+        assert await anext(response.chunks()) == b"reply"
+        response.release()
+        async with asyncio.timeout(3):
+            await hung_up.wait()
+        assert not pool._all and not pool._idle
+        pool.close()

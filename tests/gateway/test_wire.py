@@ -4,13 +4,17 @@ own streamable-HTTP server (both protocol eras, log relay, 401 → refresh throu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
+import httpx2._utils as httpx2_utils
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 
 from bastion.config.settings import GatewaySettings
 from bastion.gateway import upstream as upstream_module
-from bastion.gateway.rawhttp import RawHTTPError
+from bastion.gateway.rawhttp import LimitExceeded, RawHTTPError
 from bastion.gateway.runtime import Gateway
 from bastion.gateway.upstream import Upstream, UpstreamState
 from bastion.gateway.wire import Event, Resend, SSEDecoder, WireChannel
@@ -73,6 +77,47 @@ def test_any_split_of_the_bytes_gives_the_same_events(cuts: list[int]) -> None:
     decoder = SSEDecoder()
     events = [event for piece in pieces for event in decoder.feed(piece)]
     assert events == EXPECTED
+
+
+def test_event_just_under_the_limit_is_dispatched_whole() -> None:
+    decoder = SSEDecoder(max_size=1000)
+    # field lines count whole ("data: " included), as the SDK's parser counts them
+    events = decoder.feed(b"data: " + b"a" * 494 + b"\ndata: " + b"b" * 494 + b"\n\n")
+    assert events == [Event("message", "a" * 494 + "\n" + "b" * 494, None)]
+
+
+@pytest.mark.parametrize(
+    "stream",
+    [
+        [b"data: " + b"x" * 1024 + b"\n"] * 1100,  # many lines, no blank line to end the event
+        [b"data: "] + [b"x" * 1024] * 1100,  # one line that never ends
+        [b": a comment that never ends "] + [b"x" * 1024] * 1100,
+    ],
+    ids=["endless-event", "endless-line", "endless-comment"],
+)
+def test_event_past_one_mib_fails_as_soon_as_it_is_past(stream: list[bytes]) -> None:
+    """The SDK's transport stops an event at 1 MiB (DEFAULT_MAX_SSE_EVENT_SIZE); so does the raw channel."""
+    decoder = SSEDecoder()
+    fed = 0
+    with pytest.raises(LimitExceeded, match="server-sent event larger than 1 MiB"):
+        for piece in stream:
+            fed += len(piece)
+            decoder.feed(piece)
+    assert 1 << 20 < fed <= (1 << 20) + 2048
+
+
+def test_limit_counts_each_event_on_its_own() -> None:
+    decoder = SSEDecoder(max_size=1000)
+    for index in range(50):
+        assert decoder.feed(b"data: " + b"x" * 900 + b"\n\n") == [Event("message", "x" * 900, None)], index
+
+
+def test_events_before_an_oversized_one_in_the_same_chunk_come_first() -> None:
+    decoder = SSEDecoder(max_size=100)
+    events = decoder.feed(b"data: reply\n\ndata: " + b"x" * 200)
+    assert events == [Event("message", "reply", None)]
+    with pytest.raises(LimitExceeded):
+        decoder.feed(b"more\n\n")
 
 
 # -- the channel against a scripted upstream ---------------------------------------------------------
@@ -384,18 +429,129 @@ async def test_401_on_the_raw_channel_is_refreshed_through_the_sdk_path_once() -
             assert upstream.state is UpstreamState.READY
 
 
-async def test_channel_is_off_with_bastion_wire_0_or_a_proxy(
+async def test_channel_is_off_with_bastion_wire_0(
     web: tuple[str, RecordAuthorization], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url, _ = web
-    for variable, value in (("BASTION_WIRE", "0"), ("HTTPS_PROXY", "http://127.0.0.1:9")):
-        with monkeypatch.context() as patch:
-            patch.setenv(variable, value)
-            patch.setenv("NO_PROXY", "127.0.0.1")
-            async with Gateway([remote_entry("web", url)], FAST) as gateway:
-                assert gateway.pool.upstreams["web"]._wire is None
-                result = await gateway.pool.call_tool_raw("web__echo", {"text": "still works"})
-                assert result["content"][0]["text"] == "still works"
+    monkeypatch.setenv("BASTION_WIRE", "0")
+    async with Gateway([remote_entry("web", url)], FAST) as gateway:
+        assert gateway.pool.upstreams["web"]._wire is None
+        result = await gateway.pool.call_tool_raw("web__echo", {"text": "still works"})
+        assert result["content"][0]["text"] == "still works"
+
+
+class ForwardProxy:
+    """An HTTP forward proxy on 127.0.0.1 for `http://` targets: counts each request it forwards
+    (heads and `Content-Length` bodies, which is what httpx2 sends), pipes the replies back."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def __aenter__(self) -> ForwardProxy:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream: asyncio.StreamWriter | None = None
+        pipe: asyncio.Task[None] | None = None
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                target = urlsplit(head.split(b" ", 2)[1].decode())
+                assert target.scheme == "http" and target.hostname == "127.0.0.1"  # absolute form: a proxy request
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":", 1)[1])
+                body = await reader.readexactly(length)
+                self.requests.append(head.split(b"\r\n", 1)[0])
+                if upstream is None:
+                    up_reader, upstream = await asyncio.open_connection(target.hostname, target.port)
+                    pipe = asyncio.create_task(self._pipe(up_reader, writer))
+                upstream.write(head + body)
+                await upstream.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            if pipe is not None:
+                pipe.cancel()
+            if upstream is not None:
+                upstream.close()
+            writer.close()
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        while piece := await source.read(65536):
+            sink.write(piece)
+            await sink.drain()
+        sink.close()
+
+
+@pytest.fixture
+def clean_proxy_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No proxy settings from the machine running the tests."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("source", ["environment", "system"])
+async def test_upstream_behind_a_proxy_is_reached_only_through_it(
+    web: tuple[str, RecordAuthorization], clean_proxy_env: pytest.MonkeyPatch, source: str
+) -> None:
+    """The raw channel speaks no proxy protocol: where httpx2 would use a proxy, it is off, and every
+    request, calls included, takes the SDK's path through the proxy. "system" stands for the
+    settings `urllib.request.getproxies()` reads on macOS and Windows besides the environment."""
+    url, recorder = web
+    async with ForwardProxy() as proxy:
+        if source == "environment":
+            clean_proxy_env.setenv("HTTP_PROXY", proxy.url)
+        else:
+            system = {"http": proxy.url}
+            clean_proxy_env.setattr(urllib.request, "getproxies", lambda: dict(system))
+            clean_proxy_env.setattr(httpx2_utils, "getproxies", lambda: dict(system))  # httpx2's own import of it
+        async with Gateway([remote_entry("web", url)], FAST) as gateway:
+            assert gateway.pool.upstreams["web"]._wire is None
+            for text in ("a", "b"):
+                result = await gateway.pool.call_tool_raw("web__echo", {"text": text})
+                assert result["content"][0]["text"] == text
+        assert len(proxy.requests) == len(recorder.methods) >= 3  # every request the server saw came through it
+        assert recorder.methods.count("tools/call") == 2
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"},
+        {"HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": "example.test, 127.0.0.0/8"},
+        {"HTTPS_PROXY": "http://127.0.0.1:9"},  # a proxy for https:// URLs only
+    ],
+    ids=["no_proxy-host", "no_proxy-network", "other-scheme"],
+)
+async def test_upstream_no_proxy_applies_to_keeps_the_raw_channel(
+    web: tuple[str, RecordAuthorization], clean_proxy_env: pytest.MonkeyPatch, settings: dict[str, str]
+) -> None:
+    """Same rule as httpx2: a proxy configured for other URLs does not take the fast path away."""
+    url, _ = web
+    for name, value in settings.items():
+        clean_proxy_env.setenv(name, value)
+    async with Gateway([remote_entry("web", url)], FAST) as gateway:
+        wire = gateway.pool.upstreams["web"]._wire
+        assert wire is not None
+        result = await gateway.pool.call_tool_raw("web__echo", {"text": "direct"})
+        assert result["content"][0]["text"] == "direct"
+        assert wire.sent == 1
 
 
 async def test_upstream_clients_share_one_tls_context(
@@ -467,3 +623,13 @@ async def test_2026_log_opt_in_is_sent_only_while_someone_downstream_can_receive
         assert "io.modelcontextprotocol/logLevel" not in quiet
         assert wanted["io.modelcontextprotocol/logLevel"] == "info"
         assert quiet["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"  # the rest of the envelope stays
+
+
+def test_without_httpx2s_routing_any_proxy_turns_the_channel_off(clean_proxy_env: pytest.MonkeyPatch) -> None:
+    """Should a later httpx2 lose the private lookup, the rule errs on the side of the proxy."""
+    clean_proxy_env.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    clean_proxy_env.setenv("NO_PROXY", "127.0.0.1")
+    client_without_routing: Any = object()
+    assert upstream_module._proxied("http://127.0.0.1:1/mcp", client_without_routing)
+    clean_proxy_env.delenv("HTTP_PROXY")
+    assert not upstream_module._proxied("http://127.0.0.1:1/mcp", client_without_routing)

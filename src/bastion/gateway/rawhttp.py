@@ -10,17 +10,24 @@ hot path of a gateway posts small JSON bodies to one origin over and over.
 
 What it does: `Content-Length` and chunked bodies, bodies that end with the connection, `gzip` /
 `deflate` content codings, TLS with the context it is given, streaming of a body as it arrives
-(for SSE responses), and one retry on a fresh connection when a reused idle connection turns out
-to have been closed by the server before any byte of the response came back (the server did not
-read the request; RFC 9112 §9.3.1 allows the retry for that case). What it does not do: proxies,
-HTTP/2, redirects, `Expect: 100-continue`, request bodies that are not one `bytes` — callers that
-need any of those use httpx2.
+(for SSE responses). What a response may cost is bounded: its head (`MAX_HEAD`, `MAX_HEADERS`,
+interim responses and trailers included), its body as sent and once decoded (`MAX_BODY`, decoded
+in pieces so that other requests are served in between), and the time a released response may
+keep its connection (`DRAIN_TIMEOUT`); a response past a limit fails with `LimitExceeded` and its
+connection is closed. A request is written at most once: an idle connection is checked before it is
+reused (one that the server closed, or that has bytes nobody asked for, is discarded), and a
+connection that fails once the request went out is an error for that request, never a resend —
+a server that read a `tools/call` and then hung up may have run it (RFC 9112 §9.3.1 leaves the
+retry of a non-idempotent request to the user). What it does not do: proxies, HTTP/2, redirects,
+`Expect: 100-continue`, request bodies that are not one `bytes` — callers that need any of those
+use httpx2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import select
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Iterable
@@ -34,8 +41,22 @@ MAX_IDLE: Final = 32
 """Idle keep-alive connections kept per origin; more are closed when released."""
 MAX_DRAIN: Final = 1 << 20
 """Bytes a released-but-unfinished response may still deliver before its connection is closed."""
+DRAIN_TIMEOUT: Final = 5.0
+"""Seconds a released-but-unfinished response may take to end before its connection is closed."""
 MAX_BODY: Final = 256 << 20
-"""A response body larger than this fails the exchange instead of filling memory."""
+"""A response body larger than this, as sent or once decoded, fails the exchange instead of filling
+memory. Generous on purpose: the SDK's transport reads a JSON reply with no limit at all, and a
+`resources/read` of a file is legitimately large; this bounds what one call can hold (a gzip bomb
+of 1 MiB → 1 GiB stops here), not what a healthy server sends."""
+DECODE_PIECE: Final = 1 << 20
+"""Decoded bytes produced per step: a body that inflates a lot is decoded a piece at a time, with
+the event loop serving other requests in between (httpx2 decodes in the same 1 MiB steps)."""
+MAX_HEAD: Final = 64 << 10
+"""Bytes of a response's head (status line, header fields, interim responses) and of its trailers;
+the parser holds an unfinished field in memory, so an endless one must stop somewhere. The SDK's
+transport (h11 via httpcore2) stops at 100 KiB."""
+MAX_HEADERS: Final = 100
+"""Header and trailer fields per response (a healthy MCP reply has about ten)."""
 
 
 class RawHTTPError(Exception):
@@ -48,6 +69,20 @@ class RawHTTPError(Exception):
     def __init__(self, message: str, *, request_unread: bool = False) -> None:
         super().__init__(message)
         self.request_unread = request_unread
+
+
+class LimitExceeded(RawHTTPError):
+    """The response broke one of the limits above (or the event-stream limit of wire.py); the
+    message says which, as a phrase that follows the server's name ("sent ... larger than ...")."""
+
+
+def amount(size: int) -> str:
+    """A byte count as people read it in an error message: `1 MiB`, `64 KiB`, `1000 bytes`."""
+    if size >= 1 << 20 and size % (1 << 20) == 0:
+        return f"{size >> 20} MiB"
+    if size >= 1 << 10 and size % (1 << 10) == 0:
+        return f"{size >> 10} KiB"
+    return f"{size} bytes"
 
 
 @dataclass(frozen=True)
@@ -101,7 +136,8 @@ class Response:
 
     Read it with `read()` (the whole body) or `chunks()` (pieces as they come); `release()` when
     done. A released response whose body is still arriving keeps its connection until the body
-    ends (then the connection is reused) or `MAX_DRAIN` bytes pass (then it is closed).
+    ends (then the connection is reused), or `MAX_DRAIN` bytes or `DRAIN_TIMEOUT` seconds pass
+    (then it is closed).
     """
 
     def __init__(self, connection: _Connection, status: int, headers: dict[str, str]) -> None:
@@ -111,6 +147,7 @@ class Response:
         self._connection = connection
         self._chunks: collections.deque[bytes] = collections.deque()
         self._size = 0
+        self._decoded = 0
         self._complete = False
         self._error: RawHTTPError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -127,25 +164,14 @@ class Response:
                 self._connection.close()
             return
         if self._size > MAX_BODY:
-            self._fail(RawHTTPError(f"response body larger than {MAX_BODY} bytes"))
+            self._fail(LimitExceeded(f"sent a response body larger than {amount(MAX_BODY)}"))
             self._connection.close()
             return
-        if self._decoder is not None:
-            try:
-                data = self._decoder.decompress(data)
-            except zlib.error as exc:
-                self._fail(RawHTTPError(f"undecodable response body: {exc}"))
-                self._connection.close()
-                return
         if data:
-            self._chunks.append(data)
+            self._chunks.append(data)  # as sent: `chunks()` decodes, a piece at a time
             self._wake()
 
     def _finish(self) -> None:
-        if self._decoder is not None and not self._released:
-            tail = self._decoder.flush()
-            if tail:
-                self._chunks.append(tail)
         self._complete = True
         self._wake()
 
@@ -162,19 +188,53 @@ class Response:
     # -- read by the caller ---------------------------------------------------------------------
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body's pieces as they arrive; ends with the body, raises `RawHTTPError` if it breaks."""
+        """The body's pieces as they arrive (decoded); ends with the body, raises `RawHTTPError` if
+        it breaks or `LimitExceeded` once it decodes to more than `MAX_BODY`."""
+        decoder = self._decoder
         while True:
             while self._chunks:
-                yield self._chunks.popleft()
+                data = self._chunks.popleft()
+                if decoder is None:
+                    yield data
+                    continue
+                piece = self._decode(decoder, data)
+                while True:
+                    if piece:
+                        yield piece
+                    if not decoder.unconsumed_tail:
+                        break
+                    await asyncio.sleep(0)  # it inflates: let the loop serve the others between pieces
+                    piece = self._decode(decoder, decoder.unconsumed_tail)
             if self._error is not None:
                 raise self._error
             if self._complete:
+                if decoder is not None:
+                    tail = self._decode(decoder, b"", flush=True)
+                    if tail:
+                        yield tail
                 return
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+
+    def _decode(self, decoder: zlib._Decompress, data: bytes, *, flush: bool = False) -> bytes:
+        try:
+            piece = decoder.flush() if flush else decoder.decompress(data, DECODE_PIECE)
+        except zlib.error as exc:
+            raise self._broke(RawHTTPError(f"undecodable response body: {exc}")) from None
+        self._decoded += len(piece)
+        if self._decoded > MAX_BODY:
+            raise self._broke(LimitExceeded(f"sent a response body larger than {amount(MAX_BODY)} once decoded"))
+        return piece
+
+    def _broke(self, error: RawHTTPError) -> RawHTTPError:
+        """The reader found the body unusable: the rest is not read, the connection not reused."""
+        self._error = error
+        self._chunks.clear()
+        self._connection.close()
+        return error
 
     async def read(self) -> bytes:
         """The whole body."""
@@ -214,33 +274,48 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._headers: dict[str, str] = {}
+        self._fields = 0
+        """Header and trailer fields of this exchange's response(s) so far, and their bytes."""
+        self._field_bytes = 0
+        self._stalled = 0
+        """Bytes fed since the parser last gave a final head or body bytes: a head or trailer
+        section (or interim responses) it is accumulating."""
         self._head: asyncio.Future[Response] | None = None
         self._response: Response | None = None
-        self._bytes_seen = False
         self._body_until_close = False
         self._finished_unreleased: Response | None = None
-        self.reused = False
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._poll: select.poll | None = None
         self.closed = False
 
     # -- asyncio.Protocol -----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass asyncio.Transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and hasattr(select, "poll"):
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         if self._head is None and self._response is None:
             self.close()  # bytes nobody asked for: the connection is not safe to reuse
             return
-        self._bytes_seen = True
+        self._stalled += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._broken(RawHTTPError(f"malformed HTTP response: {exc}"))
+            cause = exc.__context__  # what a callback raised (httptools chains it)
+            self._broken(cause if isinstance(cause, LimitExceeded) else RawHTTPError(f"malformed HTTP response: {exc}"))
+            return
+        if self._stalled > MAX_HEAD and (self._head is not None or self._response is not None):
+            self._broken(LimitExceeded(f"sent a response head or trailer section larger than {amount(MAX_HEAD)}"))
 
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_drain_timer()
         self.closed = True
         self._pool.forget(self)
         response = self._response
@@ -248,14 +323,19 @@ class _Connection(asyncio.Protocol):
             response._finish()  # a body delimited by the connection closing (RFC 9112 §6.3 item 8)
             return
         if self._head is not None and not self._head.done():
-            retry = self.reused and not self._bytes_seen
-            self._head.set_exception(_StaleConnection() if retry else RawHTTPError("the server closed the connection"))
+            self._head.set_exception(RawHTTPError("the server closed the connection before it answered"))
         if response is not None:
             response._fail(RawHTTPError("the server closed the connection mid-response"))
 
     # -- httptools callbacks --------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        self._field_bytes += len(name) + len(value)
+        if self._fields > MAX_HEADERS:
+            raise LimitExceeded(f"sent a response with more than {MAX_HEADERS} header fields")
+        if self._field_bytes > MAX_HEAD:
+            raise LimitExceeded(f"sent response header fields larger than {amount(MAX_HEAD)}")
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
@@ -266,6 +346,7 @@ class _Connection(asyncio.Protocol):
         headers, self._headers = self._headers, {}
         if 100 <= status < 200:
             return  # interim response (RFC 9110 §15.2); the final one follows
+        self._stalled = 0
         head = self._head
         self._head = None
         if head is None or head.done():
@@ -283,6 +364,7 @@ class _Connection(asyncio.Protocol):
         head.set_result(response)
 
     def on_body(self, body: bytes) -> None:
+        self._stalled = 0
         if self._response is not None:
             self._response._feed(body)
 
@@ -296,18 +378,26 @@ class _Connection(asyncio.Protocol):
         if not keep:
             self.close()
         elif response._released:
+            self._stop_drain_timer()
             self._pool.give_back(self)
         else:
             self._finished_unreleased = response
 
     # -- used by the pool and the response ------------------------------------------------------
 
+    def reusable(self) -> bool:
+        """Whether this idle connection can carry a request: open, and nothing to read on its socket
+        (a close from the server or stray bytes may be in the kernel before the loop has seen them)."""
+        if self.closed or self._transport is None or self._transport.is_closing():
+            return False
+        return self._poll is None or not self._poll.poll(0)
+
     async def exchange(self, payload: bytes) -> Response:
         assert self._transport is not None
         loop = asyncio.get_running_loop()
         self._head = head = loop.create_future()
-        self._bytes_seen = False
         self._parser = httptools.HttpResponseParser(self)
+        self._fields = self._field_bytes = self._stalled = 0
         self._transport.write(payload)
         try:
             response: Response = await head
@@ -325,7 +415,14 @@ class _Connection(asyncio.Protocol):
             self._pool.give_back(self)
         elif response._complete:
             pass  # the connection was closed after the body
-        # else: still arriving; `on_message_complete` gives the connection back
+        elif not self.closed:  # still arriving: `on_message_complete` gives the connection back, in time
+            loop = asyncio.get_running_loop()
+            self._drain_timer = loop.call_later(DRAIN_TIMEOUT, self.close)
+
+    def _stop_drain_timer(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
 
     def _broken(self, error: RawHTTPError, head: asyncio.Future[Response] | None = None) -> None:
         head = head if head is not None else self._head
@@ -337,15 +434,12 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        self._stop_drain_timer()
         if not self.closed:
             self.closed = True
             self._pool.forget(self)
             if self._transport is not None:
                 self._transport.close()
-
-
-class _StaleConnection(Exception):
-    """A reused idle connection closed before any response byte: safe to send again."""
 
 
 class OriginPool:
@@ -367,24 +461,15 @@ class OriginPool:
         """Send one request; the response once its head arrived. Raises `RawHTTPError` (and
         ValueError for headers that could split the request, before anything is sent)."""
         payload = encode_request(method, self.origin, headers, body)
-        connection = self._take_idle()
-        if connection is not None:
-            try:
-                return await connection.exchange(payload)
-            except _StaleConnection:
-                pass  # the server had closed it; the request was never read
-        connection = await self._connect()
-        try:
-            return await connection.exchange(payload)
-        except _StaleConnection:  # pragma: no cover - a fresh connection is never "reused"
-            raise RawHTTPError("the server closed the connection") from None
+        connection = self._take_idle() or await self._connect()
+        return await connection.exchange(payload)
 
     def _take_idle(self) -> _Connection | None:
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed and connection._transport is not None and not connection._transport.is_closing():
-                connection.reused = True
+            if connection.reusable():
                 return connection
+            connection.close()
         return None
 
     async def _connect(self) -> _Connection:

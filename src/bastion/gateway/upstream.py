@@ -49,7 +49,7 @@ from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import NeedsAuthorizationError, UpstreamError
 from bastion.gateway.auth import UpstreamBearerAuth
-from bastion.gateway.rawhttp import RawHTTPError
+from bastion.gateway.rawhttp import LimitExceeded, RawHTTPError
 from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
 from bastion.oauth.api import TokenProvider
@@ -444,8 +444,8 @@ class Upstream:
         self, url: str, http_client: httpx2.AsyncClient, auth: UpstreamBearerAuth | None
     ) -> WireChannel | None:
         """The raw channel for `send_raw`, or None where only httpx2 can reach the server (a proxy
-        from the environment, a URL or header the small client refuses) or it is switched off."""
-        if not wire_enabled() or _proxied():
+        applies to the URL, a URL or header the small client refuses) or it is switched off."""
+        if not wire_enabled() or _proxied(url, http_client):
             return None
         try:
             return WireChannel(
@@ -669,6 +669,12 @@ class Upstream:
                 raise self._forwarding_error(
                     session, MCPError(code=REQUEST_TIMEOUT, message="timed out"), method
                 ) from None
+            except LimitExceeded as exc:
+                raise MCPError(
+                    code=INTERNAL_ERROR,
+                    message=f"server {self.name!r} {exc}, more than the gateway accepts: the reply was dropped, "
+                    f"and the request may have run there — check that server, or ask it for less",
+                ) from None
             except RawHTTPError as exc:
                 raise MCPError(
                     code=INTERNAL_ERROR,
@@ -717,10 +723,22 @@ def wire_enabled() -> bool:
     return switched_on(WIRE_ENV)
 
 
-def _proxied() -> bool:
-    """Whether the environment names a proxy httpx2 would use; only httpx2 speaks to proxies."""
-    proxies = urllib.request.getproxies_environment()
-    return any(proxies.get(kind) for kind in _PROXY_VARIABLES)
+def _proxied(url: str, http_client: httpx2.AsyncClient) -> bool:
+    """Whether `http_client` sends requests for `url` through a proxy. Only httpx2 speaks to
+    proxies, so then the raw channel stays off and every request takes the SDK's path, through the
+    proxy. The client is asked itself: it read `urllib.request.getproxies()` (the environment, and
+    the system settings on macOS and Windows) and `no_proxy` when it was built, and matches them as
+    it routes (private in httpx2 2.16: `_transport_for_url`, `_transport`). Should that lookup be
+    gone, any configured HTTP(S) proxy counts, whatever `no_proxy` says."""
+    route = getattr(http_client, "_transport_for_url", None)
+    direct = getattr(http_client, "_transport", None)
+    if not callable(route) or direct is None:
+        proxies = urllib.request.getproxies()
+        return any(proxies.get(kind) for kind in _PROXY_VARIABLES)
+    try:
+        return route(httpx2.URL(url)) is not direct
+    except httpx2.InvalidURL:
+        return True  # httpx2 cannot route it either; the small client is not the one to try
 
 
 @functools.cache

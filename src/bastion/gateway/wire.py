@@ -15,7 +15,8 @@ It only handles what a healthy upstream answers. Whatever means "this request wa
 connection that could not be opened — raises `Resend`, and the caller sends the same request
 through the SDK session, whose transport and `UpstreamBearerAuth` deal with it exactly as
 before (refresh once, step up, report needs-authorization, drop the session). Other failures are
-worded as the SDK's transport words them.
+worded as the SDK's transport words them. A reply past a limit (rawhttp's for heads and bodies,
+`MAX_EVENT_SIZE` for one event) raises `LimitExceeded` and its connection is closed.
 
 Server-to-client traffic on a response stream: notifications go to `on_notification` (log
 messages are relayed, list changes trigger a re-list); requests are answered as the SDK client
@@ -25,7 +26,6 @@ answers them with no callbacks configured (`ping` → empty result; sampling, el
 
 from __future__ import annotations
 
-import codecs
 import itertools
 import json
 import logging
@@ -35,14 +35,17 @@ from typing import Any, Final
 
 import anyio
 import httpx2
+from mcp.client.streamable_http import DEFAULT_MAX_SSE_EVENT_SIZE
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR, ErrorData
 
-from bastion.gateway.rawhttp import OriginPool, RawHTTPError, Response
+from bastion.gateway.rawhttp import LimitExceeded, OriginPool, RawHTTPError, Response, amount
 
 logger = logging.getLogger(__name__)
 
 SESSION_HEADER: Final = "mcp-session-id"
+MAX_EVENT_SIZE: Final = DEFAULT_MAX_SSE_EVENT_SIZE
+"""Bytes of one server-sent event (1 MiB), the limit the SDK's transport has for the same stream."""
 CANCEL_GRACE: Final = 2.0
 """How long a 2025 `notifications/cancelled` for an abandoned request may take to post."""
 _UNSUPPORTED: Final[Mapping[str, str]] = {
@@ -71,71 +74,108 @@ class Event:
 
 
 class SSEDecoder:
-    """Incremental event-stream parser (WHATWG HTML §9.2.6): feed bytes, get dispatched events."""
+    """Incremental event-stream parser (WHATWG HTML §9.2.6): feed bytes, get dispatched events.
 
-    def __init__(self) -> None:
-        self._buffer = ""
-        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")  # keeps a split character
-        self._skip_lf = False
-        self._first = True
-        self._data: list[str] = []
-        self._event = ""
+    Lines are split on the bytes as they come (CR and LF never occur inside a UTF-8 sequence), so
+    each byte is looked at a fixed number of times however the stream is chunked; a line's text is
+    decoded when its event is dispatched. An event larger than `max_size` — its field lines plus a
+    line not yet ended, as the SDK's parser counts — raises `LimitExceeded`.
+    """
+
+    def __init__(self, max_size: int = MAX_EVENT_SIZE) -> None:
+        self._max_size = max_size
+        self._start: bytes | None = b""
+        """The stream's first bytes while they may still be the start of a byte order mark."""
+        self._line: list[bytes] = []
+        """The pieces of a line not ended yet (joined once, when it ends)."""
+        self._line_size = 0
+        self._after_cr = False
+        self._size = 0
+        self._data: list[bytes] = []
+        self._event = b""
         self._last_id: str | None = None
+        self._error: LimitExceeded | None = None
 
     def feed(self, chunk: bytes) -> list[Event]:
-        text = self._utf8.decode(chunk)
-        if not text:
-            return []  # nothing decodable yet (an empty chunk, or part of one character)
-        if self._skip_lf and text.startswith("\n"):
-            text = text[1:]
-        self._skip_lf = False
-        if self._first:
-            self._first = False
-            text = text.removeprefix("\ufeff")
-        buffer = self._buffer + text
+        if self._error is not None:
+            raise self._error
+        if self._start is not None:
+            chunk = self._start + chunk
+            if len(chunk) < len(_BOM) and _BOM.startswith(chunk):
+                self._start = chunk
+                return []
+            self._start = None
+            chunk = chunk.removeprefix(_BOM)
+        if not chunk:
+            return []
+        if self._after_cr:
+            self._after_cr = False
+            if chunk.startswith(b"\n"):
+                chunk = chunk[1:]  # the LF of a CRLF split across chunks
+        if b"\r" in chunk:
+            self._after_cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
         events: list[Event] = []
-        start = 0
-        length = len(buffer)
-        while True:
-            cr = buffer.find("\r", start)
-            lf = buffer.find("\n", start)
-            if cr < 0 and lf < 0:
-                break
-            end = lf if cr < 0 or (0 <= lf < cr) else cr
-            line = buffer[start:end]
-            if end == cr:
-                if end + 1 < length:
-                    start = end + 2 if buffer[end + 1] == "\n" else end + 1
-                else:
-                    start = end + 1
-                    self._skip_lf = True  # a CR at the end: an LF at the start of the next chunk belongs to it
-            else:
-                start = end + 1
-            event = self._line(line)
-            if event is not None:
-                events.append(event)
-        self._buffer = buffer[start:]
+        if lines:
+            if self._line:
+                self._line.append(lines[0])
+                lines[0] = b"".join(self._line)
+                self._line = []
+                self._line_size = 0
+            try:
+                for line in lines:
+                    event = self._field(line)
+                    if event is not None:
+                        events.append(event)
+            except LimitExceeded as exc:
+                if not events:
+                    raise
+                self._error = exc  # the events before it are delivered first, as they came
+                return events
+        if rest:
+            self._line.append(rest)
+            self._line_size += len(rest)
+            if self._size + self._line_size > self._max_size:
+                self._error = self._too_large()
+                if not events:
+                    raise self._error
         return events
 
-    def _line(self, line: str) -> Event | None:
+    def _field(self, line: bytes) -> Event | None:
         if not line:
+            self._size = 0
             data, self._data = self._data, []
-            event, self._event = self._event, ""
+            event, self._event = self._event, b""
             if not data:
                 return None
-            return Event(event or "message", "\n".join(data), self._last_id)
-        if line.startswith(":"):
+            return Event(_text(event) or "message", _text(b"\n".join(data)), self._last_id)
+        if line.startswith(b":"):
             return None
-        name, colon, value = line.partition(":")
-        if colon and value.startswith(" "):
+        self._size += len(line)
+        if self._size > self._max_size:
+            raise self._too_large()
+        name, colon, value = line.partition(b":")
+        if colon and value.startswith(b" "):
             value = value[1:]
-        if name == "data":
+        if name == b"data":
             self._data.append(value)
-        elif name == "event":
+        elif name == b"event":
             self._event = value
-        elif name == "id" and "\0" not in value:
-            self._last_id = value
+        elif name == b"id" and b"\0" not in value:
+            self._last_id = _text(value)
         return None
+
+    def _too_large(self) -> LimitExceeded:
+        return LimitExceeded(f"sent a server-sent event larger than {amount(self._max_size)}")
+
+
+_BOM: Final = b"\xef\xbb\xbf"
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="replace")
 
 
 BearerFn = Callable[[], Awaitable[str | None]]
@@ -206,6 +246,9 @@ class WireChannel:
             raise
         try:
             result = await self._reply(response, request_id)
+        except RawHTTPError:
+            response.abort()  # a broken or oversized reply: the rest of it is not waited for
+            raise
         except anyio.get_cancelled_exc_class():
             response.abort()
             await self._cancel_upstream(request_id, session_id, headers)
@@ -254,6 +297,8 @@ class WireChannel:
                         await self._answer(message)
                     elif "method" in message:
                         self._on_notification(message)
+        except LimitExceeded:
+            raise
         except RawHTTPError as exc:
             raise RawHTTPError(f"the response stream broke: {exc}") from None
         raise RawHTTPError("the response stream ended without a reply")
