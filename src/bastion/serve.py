@@ -63,7 +63,7 @@ class Runtime:
         self.app = app
         self.only = list(only) if only else None
         self.watch = watch
-        self.http = new_http_client()
+        self.http = new_http_client(anchors=app.remote_urls)
         self.tokens = TokenManager(
             app.store,
             self.http,

@@ -55,6 +55,7 @@ __all__ = [
     "Resolver",
     "ResponseTooLarge",
     "Unreachable",
+    "describe",
     "serving",
     "system_resolver",
 ]
@@ -99,6 +100,18 @@ class AddressRefused(GuardError):
 
 class ResponseTooLarge(GuardError):
     """The response body is larger than the cap, or compressed when it was asked not to be."""
+
+
+def describe(exc: httpx2.TransportError, url: str) -> str:
+    """What to tell a person about a failed request to `url`: the guard's own message, else the
+    one message for every kind of no-answer (whatever client raised it)."""
+    if isinstance(exc, GuardError):
+        return str(exc)
+    try:
+        origin = _origin(httpx2.URL(url))
+    except httpx2.InvalidURL:
+        origin = url_for_message(url)
+    return f"could not reach {origin}"
 
 
 async def system_resolver(host: str, port: int) -> list[IPAddress]:

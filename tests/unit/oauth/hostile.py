@@ -233,8 +233,8 @@ class LoopbackBackend(httpcore2.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-def self_signed(name: str, tmp: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting only this certificate) for `name`."""
+def self_signed(name: str, tmp: Any, *also: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting only this certificate) for `name` (and `also`)."""
     import datetime
 
     from cryptography import x509
@@ -253,7 +253,7 @@ def self_signed(name: str, tmp: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in (name, *also)]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -267,3 +267,20 @@ def self_signed(name: str, tmp: Any) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     server.load_cert_chain(cert_path, key_path)
     client = ssl.create_default_context(cafile=str(cert_path))
     return server, client
+
+
+def routes(table: dict[str, Handler]) -> Handler:
+    """Dispatch on the request path; anything else is a 404."""
+    missing = respond(404, {"error": "not_found"})
+
+    async def handler(seen: Seen, writer: asyncio.StreamWriter, server: Server) -> None:
+        await table.get(seen.path, missing)(seen, writer, server)
+
+    return handler
+
+
+def protected(resource_metadata: str) -> Handler:
+    """An MCP endpoint that answers 401 with a `resource_metadata` hint."""
+    return respond(
+        401, {"error": "unauthorized"}, [("WWW-Authenticate", f'Bearer resource_metadata="{resource_metadata}"')]
+    )
