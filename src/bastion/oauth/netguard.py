@@ -162,9 +162,14 @@ def _host_port(url: str) -> tuple[str, int] | None:
         parsed = httpx2.URL(url)
     except httpx2.InvalidURL:
         return None
-    if not parsed.host:
+    if not parsed.raw_host:
         return None
-    return parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80)
+    return _ascii_host(parsed), parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
+def _ascii_host(url: httpx2.URL) -> str:
+    """The host as it goes on the wire (IDNA-encoded), for resolving."""
+    return url.raw_host.decode("ascii")
 
 
 class _PinnedBackend(httpcore2.AsyncNetworkBackend):
@@ -354,7 +359,7 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
 
     async def _checked_addresses(self, url: httpx2.URL, origin: str) -> tuple[IPAddress, ...]:
         scope = _current.get()
-        addresses = await self._resolve(url.host, url.port or (443 if url.scheme == "https" else 80), scope)
+        addresses = await self._resolve(_ascii_host(url), url.port or (443 if url.scheme == "https" else 80), scope)
         for address in addresses:
             if address_class(address) is AddressClass.PUBLIC:
                 continue

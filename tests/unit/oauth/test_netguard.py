@@ -272,3 +272,12 @@ async def test_no_connection_is_reused() -> None:
         for _ in range(3):
             await http.get(server.url("/meta"))
     assert server.connections == 3
+
+
+async def test_an_international_name_is_resolved_as_it_goes_on_the_wire() -> None:
+    resolver = FakeResolver({"xn--bcher-kva.test": [PUBLIC]})
+    backend = LoopbackBackend(stand_ins=[PUBLIC])
+    async with serve(respond()) as server, client(resolver, backend) as http:
+        await http.get(f"http://bücher.test:{server.port}/meta")
+    assert resolver.lookups == ["xn--bcher-kva.test"]
+    assert server.seen[0].headers["host"] == f"xn--bcher-kva.test:{server.port}"
