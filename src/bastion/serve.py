@@ -68,7 +68,7 @@ class Runtime:
         `gateway run` serves at once instead; a client's first listing waits (startup.py)."""
         self.only = list(only) if only else None
         self.watch = watch
-        self.http = new_http_client()
+        self.http = new_http_client(anchors=app.remote_urls)
         self.tokens = TokenManager(
             app.store,
             self.http,

@@ -6,12 +6,13 @@ everything they do goes through here.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpcore2
 import httpx2
 
 from bastion.config.catalog import Catalog, CatalogEntry, load_catalog
@@ -19,7 +20,7 @@ from bastion.config.paths import bastion_home, ensure_home
 from bastion.config.registry import load_enabled, save_enabled
 from bastion.config.settings import Settings, load_settings, save_settings
 from bastion.errors import AuthorizationError, ConfigError, UnknownServerError
-from bastion.oauth import flow
+from bastion.oauth import flow, netguard
 from bastion.oauth.client_credentials import ClientCredentials
 from bastion.oauth.tokens import TokenManager, revoke
 from bastion.oauth.useragent import UserAgent
@@ -30,10 +31,23 @@ from bastion.store.models import ClientRegistration, ProviderRecord, ProviderSta
 HTTP_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
 
 
-def new_http_client() -> httpx2.AsyncClient:
+def new_http_client(
+    *,
+    anchors: Callable[[], Iterable[str]] = tuple,
+    resolver: netguard.Resolver = netguard.system_resolver,
+    network_backend: httpcore2.AsyncNetworkBackend | None = None,
+    deadline: float = netguard.DEADLINE,
+    max_body: int = netguard.MAX_BODY,
+) -> httpx2.AsyncClient:
     """The client for OAuth requests: no redirects followed (metadata and token endpoints must
-    answer themselves), bounded timeouts, trust_env off so tests on loopback never hit a proxy."""
-    return httpx2.AsyncClient(timeout=HTTP_TIMEOUT, follow_redirects=False, trust_env=False)
+    answer themselves), bounded timeouts, trust_env off so tests on loopback never hit a proxy,
+    and every request through `netguard.GuardedTransport` (checked addresses, pinned connections,
+    a body cap, a deadline). `anchors`: the MCP servers whose address classes count for requests
+    made outside a discovery (code exchange, refresh, revocation); the rest is for tests."""
+    transport = netguard.GuardedTransport(
+        anchors=anchors, resolver=resolver, network_backend=network_backend, deadline=deadline, max_body=max_body
+    )
+    return httpx2.AsyncClient(transport=transport, timeout=HTTP_TIMEOUT, follow_redirects=False, trust_env=False)
 
 
 @dataclass(frozen=True)
@@ -107,8 +121,13 @@ class Bastion:
     @property
     def http(self) -> httpx2.AsyncClient:
         if self._http is None:
-            self._http = new_http_client()
+            self._http = new_http_client(anchors=self.remote_urls)
         return self._http
+
+    def remote_urls(self) -> list[str]:
+        """The URLs of the enabled remote servers: outside a discovery, an OAuth endpoint may be on
+        a loopback or private address only when one of these is in the same class."""
+        return [entry.remote.url for entry in self.enabled_entries() if entry.remote is not None]
 
     # -- servers -------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ import httpx2
 
 from bastion.config.catalog import ClientCredentialsSpec
 from bastion.errors import RegistrationError, TokenError
-from bastion.oauth import rfc6749
+from bastion.oauth import netguard, rfc6749
 from bastion.oauth.discovery import discover, select_scopes
 from bastion.store.models import ClientRegistration, TokenSet
 
@@ -114,13 +114,16 @@ async def request_token(
     """One client credentials token request (§4.4.2) and its response (§4.4.3)."""
     auth_form, headers = authentication(credentials, issuer, now=now)
     try:
-        response = await http.post(
-            token_endpoint,
-            data={**token_form(scopes, resource), **auth_form},
-            headers={**headers, "Accept": "application/json"},
-        )
+        with netguard.serving(credentials.server_url):
+            response = await http.post(
+                token_endpoint,
+                data={**token_form(scopes, resource), **auth_form},
+                headers={**headers, "Accept": "application/json"},
+            )
     except httpx2.TransportError as exc:
-        raise TokenError(f"cannot reach the token endpoint: {type(exc).__name__}", hint="try again later") from None
+        raise TokenError(
+            f"the token endpoint of {issuer}: {netguard.describe(exc, token_endpoint)}", hint="try again later"
+        ) from None
     return rfc6749.parse_token_response(
         response.status_code,
         response.content,

@@ -8,6 +8,12 @@
    equal the issuer used, exactly.
 4. S256 must be advertised (the 2025-03-26 default endpoints assume it).
 5. Every endpoint passes `check_endpoint` (https, or loopback http for a loopback server).
+
+All of it is one operation for the server (`netguard.serving`): with Bastion's client, every
+address is checked against the server's own before a connection is made, each name is resolved
+once, each response is capped at 1 MiB and the whole discovery ends within `DEADLINE` seconds.
+A discovered URL that does not answer gets one message, "could not reach <origin>", whether the
+port is closed, filtered or slow.
 """
 
 from __future__ import annotations
@@ -19,10 +25,11 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import anyio
 import httpx2
 
-from bastion.errors import DiscoveryError
-from bastion.oauth import rfc6750, rfc8414, rfc8707, rfc9728
+from bastion.errors import DiscoveryError, InsecureEndpointError
+from bastion.oauth import netguard, rfc6750, rfc8414, rfc8707, rfc9728
 from bastion.oauth.endpoint_security import check_endpoint
 from bastion.oauth.rfc8414 import AuthorizationServerMetadata
 from bastion.oauth.rfc9728 import ProtectedResourceMetadata
@@ -30,6 +37,8 @@ from bastion.oauth.rfc9728 import ProtectedResourceMetadata
 logger = logging.getLogger(__name__)
 
 MCP_PROTOCOL_VERSION = "2025-11-25"
+DEADLINE = 60.0
+"""Seconds for a whole discovery (up to about seven requests, each also bounded on its own)."""
 
 _PROBE_BODY = json.dumps(
     {
@@ -100,8 +109,9 @@ async def probe(
                 if status in (401, 403):
                     break
     except httpx2.TransportError as exc:
+        said = str(exc) if isinstance(exc, netguard.GuardError) else type(exc).__name__
         raise DiscoveryError(
-            f"cannot reach the MCP server at {_where(server_url)}: {type(exc).__name__}",
+            f"cannot reach the MCP server at {_where(server_url)}: {said}",
             hint="check the URL and that the server is running",
         ) from None
     if status not in (401, 403):
@@ -113,14 +123,23 @@ async def probe(
     return challenges
 
 
-async def _get_json(http: httpx2.AsyncClient, url: str) -> tuple[int, bytes]:
+_REFUSED_HINT = "check the server's metadata, or report it to the server's operator"
+
+
+async def _get_json(http: httpx2.AsyncClient, url: str, *, what: str) -> tuple[int, bytes]:
     try:
         response = await http.get(
             url, headers={"Accept": "application/json", "MCP-Protocol-Version": MCP_PROTOCOL_VERSION}
         )
+    except netguard.AddressRefused as exc:
+        raise InsecureEndpointError(f"{what}: {exc}", hint=_REFUSED_HINT) from None
+    except netguard.ResponseTooLarge as exc:
+        raise DiscoveryError(f"{what}: {exc}", hint=_REFUSED_HINT) from None
     except httpx2.TransportError as exc:
+        # One message for a closed port, a filtered one and a slow one: a discovered URL must not
+        # turn Bastion into a port scanner for whoever wrote the metadata.
         raise DiscoveryError(
-            f"cannot fetch {_where(url)}: {type(exc).__name__}", hint="is the server reachable?"
+            f"{what}: {netguard.describe(exc, url)}", hint="is the server reachable? try again later"
         ) from None
     return response.status_code, response.content
 
@@ -142,7 +161,7 @@ async def _first_metadata(
     failures: list[str] = []
     for url in urls:
         check_endpoint(url, server_url, what=what)
-        status, body = await _get_json(http, url)
+        status, body = await _get_json(http, url, what=what)
         if status == 200:
             metadata = parse(body, url)
             validate(metadata)
@@ -203,10 +222,26 @@ def select_resource(server_url: str, resource_metadata: ProtectedResourceMetadat
 
 
 async def discover(
-    http: httpx2.AsyncClient, server_url: str, *, transport: str = "streamable-http", require_pkce: bool = True
+    http: httpx2.AsyncClient,
+    server_url: str,
+    *,
+    transport: str = "streamable-http",
+    require_pkce: bool = True,
+    deadline: float = DEADLINE,
 ) -> Discovery:
     """Steps 1–5. Raises a `DiscoveryError` subclass that says what went wrong and what to do.
     `require_pkce=False` skips step 4, for grants without an authorization request (client credentials)."""
+    try:
+        with anyio.fail_after(deadline), netguard.serving(server_url):
+            return await _discover(http, server_url, transport=transport, require_pkce=require_pkce)
+    except TimeoutError:
+        raise DiscoveryError(
+            f"discovery for {_where(server_url)} did not finish within {deadline:g} seconds",
+            hint="the server or its authorization server answers too slowly; try again later",
+        ) from None
+
+
+async def _discover(http: httpx2.AsyncClient, server_url: str, *, transport: str, require_pkce: bool) -> Discovery:
     challenges = await probe(http, server_url, transport=transport)
     challenge = rfc6750.bearer_challenge(challenges)
     header_url = challenge.resource_metadata if challenge is not None else None

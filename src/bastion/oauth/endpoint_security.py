@@ -15,18 +15,41 @@ registration, revocation, jwks):
   metadata.google.internal, metadata.goog, instance-data.ec2.internal), in any spelling that
   resolvers accept (IPv4-mapped IPv6, `2852039166`, `0xa9.0xfe.0xa9.0xfe`, a trailing dot).
 
-Pure: no name resolution. A DNS name that resolves to such an address is not caught here.
+And for every address a discovered host resolves to (`address_refusal`, applied by
+`bastion.oauth.netguard` to the address it then connects to):
+
+- a public address is always fine;
+- a loopback, private (RFC 1918), carrier-grade NAT (RFC 6598), unique-local (RFC 4193),
+  multicast or otherwise reserved address only when the MCP server's own address is in that same
+  class (a loopback test setup, an intranet deployment), so a server on the internet cannot make
+  Bastion reach into this machine or its network;
+- link-local, unspecified and cloud metadata addresses never.
+
+Pure: no name resolution here; `netguard` resolves, asks `address_refusal`, and connects.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
+from collections.abc import Collection
 from urllib.parse import urlsplit
 
 from bastion.errors import InsecureEndpointError
 from bastion.oauth.rfc8252 import is_loopback_host
 
-__all__ = ["check_endpoint", "is_forbidden_host", "url_for_message"]
+__all__ = [
+    "AddressClass",
+    "IPAddress",
+    "address_class",
+    "address_refusal",
+    "check_endpoint",
+    "is_forbidden_host",
+    "parse_address",
+    "url_for_message",
+]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _METADATA_NAMES = frozenset({"metadata.google.internal", "metadata.goog", "instance-data.ec2.internal"})
 _METADATA_ADDRESSES = frozenset(
@@ -86,7 +109,7 @@ def _parse_ipv4_lenient(host: str) -> ipaddress.IPv4Address | None:
     return ipaddress.IPv4Address(value)
 
 
-def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _address(host: str) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -96,18 +119,106 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
+def parse_address(host: str) -> IPAddress | None:
+    """The IP address `host` spells, in any form resolvers accept (brackets, a zone id, IPv4-mapped
+    IPv6, `2852039166`, `0x7f.1`), or None for a name."""
+    name = host.strip().lower().strip("[]").rstrip(".")
+    return _address(name.split("%", 1)[0])  # drop an IPv6 zone id
+
+
+def _is_forbidden_address(address: IPAddress) -> bool:
+    return (
+        address in _METADATA_ADDRESSES
+        or address.is_unspecified
+        or any(address.version == net.version and address in net for net in _LINK_LOCAL)
+    )
+
+
 def is_forbidden_host(host: str) -> bool:
     """True for a link-local, unspecified or cloud metadata host (see the module docstring)."""
     name = host.strip().lower().strip("[]").rstrip(".")
     if name in _METADATA_NAMES:
         return True
-    address = _address(name.split("%", 1)[0])  # drop an IPv6 zone id
-    if address is None:
-        return False
+    address = parse_address(name)
+    return address is not None and _is_forbidden_address(address)
+
+
+class AddressClass(enum.Enum):
+    """Where an address leads. An endpoint may be in a class other than PUBLIC only when the MCP
+    server's own address is in that class too (LINK_LOCAL: never)."""
+
+    PUBLIC = "public"
+    """Globally routable."""
+    LOOPBACK = "loopback"
+    """127.0.0.0/8, ::1: this machine."""
+    PRIVATE = "private"
+    """RFC 1918: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16."""
+    SHARED = "carrier-grade NAT"
+    """RFC 6598: 100.64.0.0/10."""
+    UNIQUE_LOCAL = "unique-local"
+    """RFC 4193: fc00::/7."""
+    LINK_LOCAL = "link-local"
+    """169.254.0.0/16, fe80::/10: where cloud metadata services answer."""
+    MULTICAST = "multicast"
+    """224.0.0.0/4, ff00::/8."""
+    RESERVED = "reserved"
+    """Anything else not globally routable: 0.0.0.0/8, 240.0.0.0/4, documentation and benchmarking
+    ranges, IPv4-compatible IPv6, ..."""
+
+
+_CLASS_NETWORKS: tuple[tuple[AddressClass, ipaddress.IPv4Network | ipaddress.IPv6Network], ...] = (
+    (AddressClass.LOOPBACK, ipaddress.ip_network("127.0.0.0/8")),
+    (AddressClass.LOOPBACK, ipaddress.ip_network("::1/128")),
+    (AddressClass.LINK_LOCAL, ipaddress.ip_network("169.254.0.0/16")),
+    (AddressClass.LINK_LOCAL, ipaddress.ip_network("fe80::/10")),
+    (AddressClass.PRIVATE, ipaddress.ip_network("10.0.0.0/8")),
+    (AddressClass.PRIVATE, ipaddress.ip_network("172.16.0.0/12")),
+    (AddressClass.PRIVATE, ipaddress.ip_network("192.168.0.0/16")),
+    (AddressClass.SHARED, ipaddress.ip_network("100.64.0.0/10")),
+    (AddressClass.UNIQUE_LOCAL, ipaddress.ip_network("fc00::/7")),
+    (AddressClass.MULTICAST, ipaddress.ip_network("224.0.0.0/4")),
+    (AddressClass.MULTICAST, ipaddress.ip_network("ff00::/8")),
+    (AddressClass.RESERVED, ipaddress.ip_network("::/96")),  # unspecified and IPv4-compatible
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+"""RFC 6052's well-known prefix: the last 32 bits are the IPv4 address a NAT64 gateway reaches."""
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to: IPv4-mapped, NAT64 (64:ff9b::/96), 6to4."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
+
+
+def address_class(address: IPAddress) -> AddressClass:
+    """The class of `address` (an IPv6 address that embeds an IPv4 one has the IPv4's class)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return address_class(embedded)
+    for cls, network in _CLASS_NETWORKS:
+        if address.version == network.version and address in network:
+            return cls
+    if not address.is_global or address.is_reserved:
+        return AddressClass.RESERVED
+    return AddressClass.PUBLIC
+
+
+def address_refusal(address: IPAddress, server_classes: Collection[AddressClass]) -> str | None:
+    """None when Bastion may connect to `address` on behalf of an MCP server whose own addresses
+    are in `server_classes`; otherwise why not, as the end of a sentence ("... resolves to X, ...")."""
+    unwrapped = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    if _is_forbidden_address(address) or (unwrapped is not None and _is_forbidden_address(unwrapped)):
+        return f"{address}, a link-local, unspecified or cloud metadata address, which Bastion never uses"
+    cls = address_class(address)
+    if cls is AddressClass.PUBLIC or (cls in server_classes and cls is not AddressClass.LINK_LOCAL):
+        return None
     return (
-        address in _METADATA_ADDRESSES
-        or address.is_unspecified
-        or any(address.version == net.version and address in net for net in _LINK_LOCAL)
+        f"{address}, a {cls.value} address, while the MCP server is not on one; Bastion refuses it so "
+        "that a server cannot make it reach into this machine or its network"
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import httpx2
 
 from bastion.errors import RegistrationError
-from bastion.oauth import rfc7591
+from bastion.oauth import netguard, rfc7591
 from bastion.oauth.discovery import Discovery
 from bastion.store.models import ClientRegistration
 
@@ -79,15 +79,16 @@ async def register(
         token_endpoint_auth_methods_supported=discovery.metadata.token_endpoint_auth_methods_supported,
     )
     try:
-        response = await http.post(
-            str(endpoint),
-            json=request.model_dump(mode="json", exclude_none=True),
-            headers={"Accept": "application/json"},
-        )
+        with netguard.serving(discovery.server_url):
+            response = await http.post(
+                str(endpoint),
+                json=request.model_dump(mode="json", exclude_none=True),
+                headers={"Accept": "application/json"},
+            )
     except httpx2.TransportError as exc:
         raise RegistrationError(
-            f"cannot reach the registration endpoint of {discovery.issuer}: {type(exc).__name__}",
-            hint="check your network and try again",
+            f"the registration endpoint of {discovery.issuer}: {netguard.describe(exc, str(endpoint))}",
+            hint="check your network and try again; if it repeats, report it to the server's operator",
         ) from None
     client = rfc7591.parse_registration_response(
         response.status_code, response.content, issuer=discovery.issuer, redirect_uris=redirect_uris
