@@ -52,10 +52,23 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
+GATEWAY_TOKENS: dict[str, str] = {}
+"""Base URL of a running gateway -> its token (`bench.run.start_gateway` records it): the gateway
+requires it on loopback too, so every client of it sends it, as a real client does."""
+
+
+def gateway_auth(url: str) -> dict[str, str]:
+    """The Authorization header for `url` if it is a gateway's, else nothing."""
+    token = GATEWAY_TOKENS.get(url.rsplit("/", 1)[0])
+    return {"Authorization": f"Bearer {token}"} if token is not None else {}
+
+
 def http_connect(url: str, headers: dict[str, str] | None = None) -> Connect:
+    sent = {**gateway_auth(url), **(headers or {})}
+
     @contextlib.asynccontextmanager
     async def connect(mode: str) -> AsyncIterator[Client]:
-        async with httpx2.AsyncClient(headers=headers or {}, timeout=60.0, trust_env=False) as http:
+        async with httpx2.AsyncClient(headers=sent, timeout=60.0, trust_env=False) as http:
             async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
                 yield client
 
@@ -206,6 +219,7 @@ async def list_wire_latencies(url: str, reps: int, seconds: float) -> dict[str, 
         "content-type": "application/json",
         "mcp-protocol-version": version,
         "mcp-method": "tools/list",
+        **gateway_auth(url),
     }
     samples: list[float] = []
     async with httpx2.AsyncClient(headers=headers, timeout=30.0, trust_env=False) as http:
@@ -228,10 +242,11 @@ async def list_bytes_latencies(url: str, reps: int, seconds: float) -> dict[str,
     version = "2026-07-28"
     meta = {"io.modelcontextprotocol/protocolVersion": version, "io.modelcontextprotocol/clientCapabilities": {}}
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": meta}}).encode()
+    auth = "".join(f"{name}: {value}\r\n" for name, value in gateway_auth(url).items())
     head = (
         f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         "accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n"
-        f"mcp-protocol-version: {version}\r\nmcp-method: tools/list\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"mcp-protocol-version: {version}\r\nmcp-method: tools/list\r\n{auth}content-length: {len(body)}\r\n\r\n"
     )
     request = head.encode() + body
     reader, writer = await asyncio.open_connection(host, port)

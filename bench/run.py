@@ -34,10 +34,12 @@ import yaml
 
 from bench import envs, report
 from bench.measure import (
+    GATEWAY_TOKENS,
     Connect,
     burst,
     call_latencies,
     checked_call,
+    gateway_auth,
     http_connect,
     list_bytes_latencies,
     list_latencies,
@@ -143,6 +145,7 @@ def make_home(path: Path, catalog: dict[str, Any], config: dict[str, Any] | None
         (path / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, "BASTION_HOME": str(path)}
     env.pop("BASTION_STORE", None)
+    env.pop("BASTION_GATEWAY_TOKEN", None)  # the default: the home's token file
     return env
 
 
@@ -160,7 +163,10 @@ def start_gateway(
     argv = [PY, COUNTING_GATEWAY] if counting else [PY, "-m", "bastion"]
     env = {**env, "BASTION_LEAN_PATH": "1" if lean else "0", "BASTION_WIRE": "1" if wire else "0"}
     proc = Proc(name, [*argv, "gateway", "run", "--transport", "streamable-http", "--port", "0"], log_dir, env=env)
-    proc.wait_for(r"gateway listening on http://\S+", 60)
+    url = proc.wait_for(r"gateway listening on (http://\S+)", 60).group(1)
+    # The gateway requires its token on loopback too; read it where a client finds it.
+    token = env.get("BASTION_GATEWAY_TOKEN") or (Path(env["BASTION_HOME"]) / "gateway-token").read_text().strip()
+    GATEWAY_TOKENS[url.rsplit("/", 1)[0]] = token
     return proc
 
 
@@ -178,7 +184,7 @@ def ready_gateway(env: dict[str, str], log_dir: Path, upstreams: int, **kwargs: 
 
 def health(url: str) -> dict[str, Any]:
     base = url.rsplit("/", 1)[0]
-    response = httpx2.get(f"{base}/health", timeout=10.0, trust_env=False)
+    response = httpx2.get(f"{base}/health", headers=gateway_auth(url), timeout=10.0, trust_env=False)
     response.raise_for_status()
     return dict(response.json())
 

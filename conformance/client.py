@@ -111,8 +111,13 @@ class Bastion:
             "BASTION_TEST_PYTHON": sys.executable,
             "PYTHONUNBUFFERED": "1",
         }
-        for name in ("BASTION_CLIENT_SECRET", "MCP_CONFORMANCE_CONTEXT"):
+        # No BASTION_GATEWAY_TOKEN: the gateway makes its token file, which `gateway_auth` reads.
+        for name in ("BASTION_CLIENT_SECRET", "MCP_CONFORMANCE_CONTEXT", "BASTION_GATEWAY_TOKEN"):
             self.env.pop(name, None)
+
+    def gateway_auth(self) -> dict[str, str]:
+        """The header the gateway requires (on loopback too), with the token of its home's file."""
+        return {"Authorization": f"Bearer {(self.home / 'gateway-token').read_text(encoding='ascii').strip()}"}
 
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "bastion", *args]
@@ -226,12 +231,16 @@ async def await_reconnect(http: httpx2.AsyncClient, url: str, error_before: str 
     log(f"the gateway did not reconnect within {RECONNECT_TIMEOUT:g}s of the authorization")
 
 
-async def use_tools(url: str) -> bool:
+async def use_tools(url: str, auth: Mapping[str, str]) -> bool:
     """List the gateway's tools and call the first. False when the upstream needs authorization."""
     from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
     from mcp.shared.exceptions import MCPError
 
-    async with Client(url, read_timeout_seconds=CALL_TIMEOUT) as client:
+    async with (
+        httpx2.AsyncClient(headers=dict(auth), timeout=CALL_TIMEOUT, trust_env=False) as http,
+        Client(streamable_http_client(url, http_client=http), read_timeout_seconds=CALL_TIMEOUT) as client,
+    ):
         tools = (await client.list_tools()).tools
         log(f"tools: {', '.join(t.name for t in tools) or '(none)'}")
         if not tools:
@@ -281,7 +290,10 @@ async def scenario(server_url: str, context: Mapping[str, Any], home: Path) -> N
         await bastion.check(*args, extra_env=extra)
 
     authorizations = 0
-    async with gateway(bastion) as url, httpx2.AsyncClient(timeout=5.0, trust_env=False) as http:
+    async with (
+        gateway(bastion) as url,
+        httpx2.AsyncClient(headers=bastion.gateway_auth(), timeout=5.0, trust_env=False) as http,
+    ):
         while True:
             state, error = await upstream_state(http, url)
             log(f"upstream state: {state}" + (f" ({error})" if error else ""))
@@ -296,7 +308,7 @@ async def scenario(server_url: str, context: Mapping[str, Any], home: Path) -> N
                 continue
             if state != "ready":
                 raise ClientFailure(f"the upstream is {state}: {error}")
-            if await use_tools(url):
+            if await use_tools(url, bastion.gateway_auth()):
                 return
 
 

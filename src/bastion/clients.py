@@ -1,5 +1,7 @@
 """Desktop MCP clients: merge a `bastion gateway run` stdio entry into their own configuration
-file, without touching their other entries.
+file, without touching their other entries — or, with a URL, an HTTP entry for a running gateway
+that sends the gateway token (`Authorization: Bearer`); the file is then made 0600, since it holds
+the token.
 
 | client       | file (Linux / macOS)                                              | key          |
 |--------------|-------------------------------------------------------------------|--------------|
@@ -32,7 +34,9 @@ class DesktopClient:
     key: str
     """The top-level key holding the servers."""
     typed: bool
-    """Whether entries carry `"type": "stdio"`."""
+    """Whether entries carry `"type": "stdio"` (and `"type": "http"`)."""
+    http: bool = True
+    """Whether its configuration file takes HTTP servers (`url` + `headers`)."""
 
     def config_path(self) -> Path:
         home = Path.home()
@@ -51,7 +55,7 @@ class DesktopClient:
 CLIENTS: dict[str, DesktopClient] = {
     c.name: c
     for c in (
-        DesktopClient("claude", "Claude Desktop", "mcpServers", typed=False),
+        DesktopClient("claude", "Claude Desktop", "mcpServers", typed=False, http=False),
         DesktopClient("cursor", "Cursor", "mcpServers", typed=False),
         DesktopClient("vscode", "VS Code", "servers", typed=True),
         DesktopClient("claude-code", "Claude Code", "mcpServers", typed=True),
@@ -76,6 +80,17 @@ def gateway_entry(client: DesktopClient, home: Path | None) -> dict[str, Any]:
     return entry
 
 
+def http_entry(client: DesktopClient, url: str, token: str) -> dict[str, Any]:
+    """An entry for a running gateway at `url` that sends the gateway token."""
+    if not client.http:
+        raise ConfigError(
+            f"{client.title}'s configuration file takes stdio servers only",
+            hint=f"run `bastion client connect {client.name}` without --url (Bastion then runs over stdio)",
+        )
+    entry: dict[str, Any] = {"url": url, "headers": {"Authorization": f"Bearer {token}"}}
+    return {"type": "http", **entry} if client.typed else entry
+
+
 def _read(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
@@ -91,22 +106,32 @@ def _read(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _write(path: Path, doc: dict[str, Any]) -> None:
+def _write(path: Path, doc: dict[str, Any], *, private: bool = False) -> None:
     mode = path.stat().st_mode & 0o777 if path.exists() else 0o600
+    if private:
+        mode &= 0o700  # it holds the gateway token now: nobody else may read it
     atomic_write(path, (json.dumps(doc, indent=2) + "\n").encode(), mode=mode)
 
 
-def connect(client: DesktopClient, home: Path | None) -> Path:
+def connect(client: DesktopClient, home: Path | None, *, url: str | None = None, token: str | None = None) -> Path:
+    """Merge Bastion's entry into the client's file: stdio (`gateway run --transport stdio`), or
+    with `url` and `token` an HTTP entry for a running gateway."""
     path = client.config_path()
+    if url is not None:
+        if token is None:
+            raise ValueError("an HTTP entry needs the gateway token")
+        entry = http_entry(client, url, token)
+    else:
+        entry = gateway_entry(client, home)
     doc = _read(path)
     servers = doc.get(client.key)
     if servers is None:
         servers = {}
     if not isinstance(servers, dict):
         raise ConfigError(f"{path}: `{client.key}` is not an object", hint="fix the file by hand")
-    servers[ENTRY_NAME] = gateway_entry(client, home)
+    servers[ENTRY_NAME] = entry
     doc[client.key] = servers
-    _write(path, doc)
+    _write(path, doc, private=url is not None)
     return path
 
 

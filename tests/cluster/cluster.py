@@ -5,6 +5,7 @@ pointed at one Redis through BASTION_STORE / BASTION_STORE_KEY / BASTION_STORE_P
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import socket
 import subprocess
@@ -124,8 +125,11 @@ class Cluster:
     def __init__(self, root: Path, store: StoreEnv, size: int = 3) -> None:
         self.store = store
         self.homes = [Home(root / f"replica-{i}") for i in range(size)]
+        # One gateway token for every replica, as a deployment behind a load balancer sets it.
+        token = secrets.token_urlsafe(32)
         for home in self.homes:
             home.env.update(store.environ())
+            home.env["BASTION_GATEWAY_TOKEN"] = token
         self.replicas: list[GatewayProcess] = []
 
     @property

@@ -260,7 +260,8 @@ async def test_modern_clients_need_no_affinity_legacy_sessions_do(
 
         # 2026-07-28 (stateless): every request may go to another replica.
         balancer = RoundRobin([replica.base_url for replica in replicas])
-        async with httpx2.AsyncClient(transport=balancer, timeout=30.0, trust_env=False) as http:
+        auth = replicas[0].auth  # one token for the whole cluster (BASTION_GATEWAY_TOKEN, as deployed)
+        async with httpx2.AsyncClient(transport=balancer, headers=auth, timeout=30.0, trust_env=False) as http:
             async with Client(streamable_http_client(replicas[0].url, http_client=http), mode="auto") as client:
                 assert "time__get_current_time" in {t.name for t in (await client.list_tools()).tools}
                 for _ in range(6):
@@ -281,7 +282,7 @@ async def test_modern_clients_need_no_affinity_legacy_sessions_do(
             },
         }
         listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list", "params": {}}
-        async with httpx2.AsyncClient(timeout=10.0, trust_env=False) as http:
+        async with httpx2.AsyncClient(headers=auth, timeout=10.0, trust_env=False) as http:
             created = await http.post(replicas[0].url, json=initialize, headers=headers)
             assert created.status_code == 200, created.text
             session = {

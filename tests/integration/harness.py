@@ -1,5 +1,9 @@
 """A temporary $BASTION_HOME, the `bastion` CLI run in it, and `bastion gateway run` as a real
-process (stopped by PID; its descendants are tracked so tests can check for orphans)."""
+process (stopped by PID; its descendants are tracked so tests can check for orphans).
+
+The gateway requires its token on loopback too: `GatewayProcess.token` reads it the way a client
+does (BASTION_GATEWAY_TOKEN in the home's environment, else the home's `gateway-token` file the
+gateway made), and `http_client(url)` sends it for any URL a `GatewayProcess` printed."""
 
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from tests.fixtures.procfs import descendants as descendants
 
 BASTION = [sys.executable, "-m", "bastion"]
 READY = re.compile(r"gateway listening on (http://\S+)")
+_TOKENS: dict[str, str] = {}
+"""Base URL of a running `GatewayProcess` -> its gateway token (for `http_client`)."""
 
 
 class Home:
@@ -36,6 +42,7 @@ class Home:
         self.path = path
         self.env = {**(env or os.environ), "BASTION_HOME": str(path)}
         self.env.pop("BASTION_STORE", None)
+        self.env.pop("BASTION_GATEWAY_TOKEN", None)  # the default: the home's token file
         self.outputs: list[str] = []
 
     def run(self, *args: str, check: bool = True, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
@@ -75,6 +82,13 @@ class GatewayProcess:
             stderr=subprocess.STDOUT,
         )
         self.url = self._wait_ready()
+        self.token = home.env.get("BASTION_GATEWAY_TOKEN") or (home.path / "gateway-token").read_text().strip()
+        _TOKENS[self.base_url] = self.token
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header a client sends."""
+        return {"Authorization": f"Bearer {self.token}"}
 
     def _wait_ready(self, timeout: float = 60.0) -> str:
         deadline = time.monotonic() + timeout
@@ -93,7 +107,7 @@ class GatewayProcess:
         return self.url.rsplit("/", 1)[0]
 
     def health(self) -> dict[str, Any]:
-        response = httpx2.get(f"{self.base_url}/health", timeout=10.0, trust_env=False)
+        response = httpx2.get(f"{self.base_url}/health", headers=self.auth, timeout=10.0, trust_env=False)
         response.raise_for_status()
         return dict(response.json())
 
@@ -115,6 +129,7 @@ class GatewayProcess:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
+        _TOKENS.pop(getattr(self, "url", "").rsplit("/", 1)[0], None)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -133,6 +148,12 @@ class GatewayProcess:
 
 @contextlib.asynccontextmanager
 async def http_client(url: str, *, mode: str = "auto", headers: dict[str, str] | None = None) -> AsyncIterator[Client]:
-    async with httpx2.AsyncClient(headers=headers or {}, timeout=60.0, trust_env=False) as http:
+    """An MCP client of `url`; for a `GatewayProcess`'s URL it sends that gateway's token (unless
+    `headers` bring an Authorization of their own)."""
+    sent = dict(headers or {})
+    token = _TOKENS.get(url.rsplit("/", 1)[0])
+    if token is not None and not any(k.lower() == "authorization" for k in sent):
+        sent["Authorization"] = f"Bearer {token}"
+    async with httpx2.AsyncClient(headers=sent, timeout=60.0, trust_env=False) as http:
         async with Client(streamable_http_client(url, http_client=http), mode=mode) as client:
             yield client

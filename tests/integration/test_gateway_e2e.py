@@ -94,21 +94,20 @@ async def test_everything_aggregated_over_stdio_and_http(
         async with Client(home.stdio_params(), mode=mode) as client:
             await exercise(client)
 
-    # Downstream streamable HTTP, both protocol eras; a downstream Authorization header is not forwarded.
+    # Downstream streamable HTTP, both protocol eras; the downstream Authorization header (the
+    # gateway token, which the client must send) is not forwarded.
     with GatewayProcess(home) as gateway:
         for mode in ("legacy", "auto"):
-            async with http_client(
-                gateway.url, mode=mode, headers={"Authorization": "Bearer downstream-secret"}
-            ) as client:
+            async with http_client(gateway.url, mode=mode, headers=gateway.auth) as client:
                 await exercise(client)
         health = gateway.health()
         states = {u["name"]: u["state"] for u in health["upstreams"]}
         assert states == dict.fromkeys(["everything", "everything-http", "time", "protected"], "ready")
-        assert "downstream-secret" not in str(health)
+        assert gateway.token not in str(health) and gateway.token not in gateway.log()
     seen = {r.get("token_digest") for r in protected_mcp.requests()}
     import hashlib
 
-    assert hashlib.sha256(b"downstream-secret").hexdigest()[:12] not in seen
+    assert hashlib.sha256(gateway.token.encode()).hexdigest()[:12] not in seen
 
 
 async def test_seed_flow_enable_authorize_call_expire_revoke_disable(
@@ -255,6 +254,24 @@ async def test_foreign_origin_is_refused(home: Home) -> None:
                 headers={"Origin": "http://evil.example", "Accept": "application/json, text/event-stream"},
             )
     assert response.status_code == 403
+
+
+async def test_a_client_without_the_gateway_token_is_refused_on_loopback(home: Home) -> None:
+    """Point 12: another local process cannot use the gateway; `--no-token` is the warned opt-out."""
+    home.write_catalog({"time": {"type": "server", "command": peers.time_stdio_argv()}})
+    home.run("server", "enable", "time")
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    accept = {"Accept": "application/json, text/event-stream"}
+    with GatewayProcess(home) as gateway:
+        async with httpx2.AsyncClient(timeout=10, trust_env=False) as http:
+            assert (await http.post(gateway.url, json=ping, headers=accept)).status_code == 401
+            assert (await http.get(f"{gateway.base_url}/health")).status_code == 401
+            assert (await http.get(f"{gateway.base_url}/health", headers=gateway.auth)).status_code == 200
+        assert str(home.path / "gateway-token") in gateway.log() and gateway.token not in gateway.log()
+    with GatewayProcess(home, "--no-token") as open_gateway:
+        async with httpx2.AsyncClient(timeout=10, trust_env=False) as http:
+            assert (await http.get(f"{open_gateway.base_url}/health")).status_code == 200
+        assert "warning: the gateway token is off" in open_gateway.log()
 
 
 async def test_servers_enabled_and_disabled_while_the_gateway_runs(

@@ -2,6 +2,7 @@
 real authorization server (oidc-provider with its HTML login and consent forms) and a real
 OAuth-protected MCP server, with `bastion ui` and the CLI as separate processes:
 
+0. the browser signs in with the gateway token (a form POST; loopback needs it too);
 1. the page shows the enabled server `unregistered`;
 2. Authorize opens the authorization server in a new tab; we sign in and consent there; the
    callback tab says done, and the first tab shows the server `authorized` without a reload;
@@ -157,6 +158,17 @@ def assert_not_reloaded(page: Page) -> None:
     assert page.evaluate("window.__bastionNoReload === true"), "the page was reloaded"
 
 
+def sign_in(page: Page, ui_url: str, env: dict[str, str]) -> None:
+    """The page sends an unsigned browser to its sign-in form; the token goes in a POST."""
+    page.goto(ui_url)
+    expect(page.locator("h1")).to_contain_text("Sign in")
+    token = (Path(env["BASTION_HOME"]) / "gateway-token").read_text().strip()
+    page.locator("input[name=token]").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.locator("#live")).to_be_attached()
+    assert page.url == ui_url and token not in page.url
+
+
 def shot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
@@ -185,8 +197,15 @@ def test_authorize_revoke_and_cli_changes_show_on_the_page(env: dict[str, str], 
             console_errors: list[str] = []
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
 
+            # 0. Sign in (loopback too): the cookie is derived from the token, HttpOnly, Strict.
+            sign_in(page, ui_url, env)
+            token = (Path(env["BASTION_HOME"]) / "gateway-token").read_text().strip()
+            (cookie,) = context.cookies()
+            assert cookie["name"] == "bastion_session" and cookie["value"] != token
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui/"
+            shot(page, "0-signed-in")
+
             # 1. The enabled server, not authorized yet.
-            page.goto(ui_url)
             expect(row(page)).to_have_attribute("data-oauth-state", "unregistered")
             mark_no_reload(page)
             shot(page, "1-unregistered")
@@ -240,7 +259,7 @@ def test_authorize_revoke_and_cli_changes_show_on_the_page(env: dict[str, str], 
             static.set_default_timeout(WAIT_MS)
             static.route("**/*", loopback_only)
             plain = static.new_page()
-            plain.goto(ui_url)
+            sign_in(plain, ui_url, env)
             plain.locator("#available-protected form.action-enable button").click()
             expect(row(plain)).to_have_attribute("data-oauth-state", "unregistered")
             shot(plain, "9-enabled-without-javascript")

@@ -18,10 +18,11 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 
 from bastion.config.registry import save_enabled
+from bastion.gateway.security import GatewaySecurityMiddleware
 from bastion.service import Bastion
 from bastion.store.models import ProviderState
 from bastion.web import GatewayRow, create_ui_app
-from bastion.web.security import host_allowed, same_origin
+from bastion.web.security import host_allowed, same_origin, session_value
 from bastion.web.serve import standalone_app
 from tests.unit.flow.world import World
 from tests.web.harness import CLIENT_ID, ISSUER, MCP_URL, SECRETS, authorized_record, read_events
@@ -181,27 +182,87 @@ async def test_configured_host_is_accepted(bastion: Bastion) -> None:
 
 async def test_with_a_token_every_client_must_present_it(bastion: Bastion) -> None:
     _, app = served(bastion, token="the-gateway-token")
+    session = session_value("the-gateway-token")
     for peer in (REMOTE_CLIENT, LOOPBACK_CLIENT):
         async with client(app, peer=peer) as http:
-            assert (await http.get("/ui/")).status_code == 401
+            assert (await http.get("/ui/fragment")).status_code == 401
             assert (await http.get("/ui/", headers={"authorization": "Bearer wrong"})).status_code == 401
-            assert (await http.get("/ui/", headers={"cookie": "bastion_token=wrong"})).status_code == 401
+            assert (await http.get("/ui/fragment", headers={"cookie": "bastion_session=wrong"})).status_code == 401
             assert (await http.get("/ui/", headers={"authorization": "Bearer the-gateway-token"})).status_code == 200
-            assert (await http.get("/ui/", headers={"cookie": "bastion_token=the-gateway-token"})).status_code == 200
+            assert (await http.get("/ui/", headers={"cookie": f"bastion_session={session}"})).status_code == 200
 
 
-async def test_login_sets_an_httponly_cookie_and_refuses_a_wrong_token(bastion: Bastion) -> None:
+async def test_an_unsigned_browser_is_sent_to_the_sign_in_form(bastion: Bastion) -> None:
+    _, app = served(bastion, token="the-gateway-token")
+    async with client(app) as http:
+        page = await http.get("/ui/")
+        form = await http.get("/ui/login")
+    assert page.status_code == 303 and page.headers["location"] == "/ui/login"
+    assert form.status_code == 200 and "method='post'" in form.text and "name='token'" in form.text
+
+
+async def test_signing_in_is_a_post_that_sets_a_derived_strict_httponly_cookie(bastion: Bastion) -> None:
+    """Point 13: the cookie is not the token (an HMAC of it), HttpOnly, SameSite=Strict; over
+    plain http it cannot be `__Host-`/Secure (browsers drop those from http pages)."""
     _, app = served(bastion, token="the-gateway-token")
     async with client(app, peer=REMOTE_CLIENT) as http:
-        wrong = await http.get("/ui/login", params={"token": "nope"})
+        wrong = await http.post("/ui/login", data={"token": "nope"}, headers=ORIGIN)
         assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
-        right = await http.get("/ui/login", params={"token": "the-gateway-token"})
+        right = await http.post("/ui/login", data={"token": "the-gateway-token"}, headers=ORIGIN)
         assert right.status_code == 303 and right.headers["location"] == "/ui/"
-        cookie = right.headers["set-cookie"].lower()
-        assert "httponly" in cookie and "samesite=lax" in cookie and "path=/ui/" in cookie
+        cookie = right.headers["set-cookie"]
+        assert cookie.startswith(f"bastion_session={session_value('the-gateway-token')};")
+        assert "the-gateway-token" not in cookie
+        lowered = cookie.lower()
+        assert "httponly" in lowered and "samesite=strict" in lowered and "path=/ui/" in lowered
+        assert "secure" not in lowered
         page = await http.get("/ui/")  # the client kept the cookie
     assert page.status_code == 200
     assert "the-gateway-token" not in page.text
+
+
+async def test_over_https_the_cookie_is_host_prefixed_and_secure(bastion: Bastion) -> None:
+    _, app = served(bastion, token="the-gateway-token")
+    async with client(app, base="https://127.0.0.1:8812") as http:
+        right = await http.post(
+            "/ui/login", data={"token": "the-gateway-token"}, headers={"origin": "https://127.0.0.1:8812"}
+        )
+        cookie = right.headers["set-cookie"]
+        assert cookie.startswith("__Host-bastion_session=")
+        assert "; secure" in cookie.lower() and "path=/;" in cookie.lower() and "domain" not in cookie.lower()
+        assert (await http.get("/ui/")).status_code == 200
+        # The plain-http name is not accepted over https.
+        plain = {"cookie": f"bastion_session={session_value('the-gateway-token')}"}
+    async with client(app, base="https://127.0.0.1:8812") as fresh:
+        assert (await fresh.get("/ui/fragment", headers=plain)).status_code == 401
+
+
+async def test_a_token_in_the_url_signs_nobody_in(bastion: Bastion) -> None:
+    _, app = served(bastion, token="the-gateway-token")
+    async with client(app) as http:
+        response = await http.get("/ui/login", params={"token": "the-gateway-token"})
+        assert "set-cookie" not in response.headers
+        assert (await http.get("/ui/fragment")).status_code == 401
+
+
+async def test_the_token_itself_is_no_session_cookie_and_the_cookie_no_bearer_token(bastion: Bastion) -> None:
+    """A stolen cookie cannot be replayed as the gateway token at /mcp, and the old cookie is gone."""
+    _, app = served(bastion, token="the-gateway-token")
+    async with client(app) as http:
+        assert (await http.get("/ui/", headers={"cookie": "bastion_session=the-gateway-token"})).status_code == 303
+        assert (await http.get("/ui/", headers={"cookie": "bastion_token=the-gateway-token"})).status_code == 303
+    gateway = GatewaySecurityMiddleware(app, token="the-gateway-token", listen_host="127.0.0.1", listen_port=8812)
+    screened, _ = gateway.screen([(b"authorization", f"Bearer {session_value('the-gateway-token')}".encode())])
+    assert screened is not None and screened[0] == 401
+
+
+async def test_a_sign_in_from_another_site_is_refused(bastion: Bastion) -> None:
+    _, app = served(bastion, token="the-gateway-token")
+    async with client(app) as http:
+        response = await http.post(
+            "/ui/login", data={"token": "the-gateway-token"}, headers={"origin": "https://evil.example"}
+        )
+    assert response.status_code == 403 and "set-cookie" not in response.headers
 
 
 async def test_every_response_carries_the_security_headers(bastion: Bastion) -> None:
@@ -337,6 +398,28 @@ async def test_authorize_redirects_to_the_authorization_server_and_the_callback_
     assert record is not None and record.state() is ProviderState.AUTHORIZED
     assert_no_secret(done.text, protected)
     assert record.tokens is not None and record.tokens.access_token not in done.text + protected
+
+
+async def test_signed_in_the_callback_needs_no_cookie_its_state_is_the_proof(bastion: Bastion) -> None:
+    """The authorization server's cross-site redirect carries no SameSite=Strict cookie: the
+    callback is authenticated by its single-use state instead; a stranger's state changes nothing."""
+    world = World(server_url=MCP_URL)
+    bastion._http = world.client()
+    _, app = served(bastion, token="the-gateway-token")
+    async with client(app) as http:
+        signed = await http.post("/ui/login", data={"token": "the-gateway-token"}, headers=ORIGIN)
+        assert signed.status_code == 303
+        token = await csrf_of(http)
+        started = await http.post("/ui/authorize", data={"csrf": token, "server": "protected"}, headers=ORIGIN)
+        callback = world.approve(started.headers["location"])
+    async with client(app) as cookieless:
+        stranger = await cookieless.get("/ui/oauth/callback", params={"state": "forged", "code": "x"})
+        assert stranger.status_code == 400 and "Unknown or expired" in stranger.text
+        done = await cookieless.get(callback)
+        assert done.status_code == 200 and "You can close this tab" in done.text
+        assert (await cookieless.get("/ui/fragment")).status_code == 401  # nothing else without signing in
+    record = await bastion.store.get("protected")
+    assert record is not None and record.state() is ProviderState.AUTHORIZED
 
 
 async def test_denied_authorization_shows_the_error_and_stores_no_token(bastion: Bastion) -> None:

@@ -384,24 +384,60 @@ def gateway() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (HTTP transports).")
 @click.option("--port", type=int, default=8811, show_default=True, help="Listen port (0 picks a free one).")
 @click.option("--servers", default=None, help="Comma-separated enabled servers to serve (default: all enabled).")
+@click.option(
+    "--no-token",
+    is_flag=True,
+    help="Let clients in without the gateway token (any local process can then use the gateway; warned).",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM private key.")
+@click.option("--insecure-http", is_flag=True, help="Serve plain http off loopback (e.g. TLS ends at a proxy).")
 @run_async
-async def gateway_run(transport: str, host: str, port: int, servers: str | None) -> None:
-    """Serve every enabled server as one MCP server, until SIGTERM/SIGINT (or end of stdin)."""
-    from bastion.gateway.runtime import run_gateway
+async def gateway_run(
+    transport: str,
+    host: str,
+    port: int,
+    servers: str | None,
+    no_token: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure_http: bool,
+) -> None:
+    """Serve every enabled server as one MCP server, until SIGTERM/SIGINT (or end of stdin).
+
+    On the HTTP transports every client sends `Authorization: Bearer <gateway token>` (the token
+    in $BASTION_HOME/gateway-token, or $BASTION_GATEWAY_TOKEN); off loopback they need TLS."""
+    from pathlib import Path
+
+    from bastion.errors import ConfigError
+    from bastion.gateway.runtime import TLSFiles, run_gateway
     from bastion.serve import Runtime
 
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
+    tls = TLSFiles(Path(tls_cert), Path(tls_key)) if tls_cert is not None and tls_key is not None else None
     only = [s.strip() for s in servers.split(",") if s.strip()] if servers else None
     async with open_app() as app, Runtime(app, only=only, wait=False) as runtime:
 
         def with_ui(inner: Any, token: str | None) -> Any:
             # The OAuth page at /ui, in front of the gateway's own middleware (it checks Host,
-            # Origin, CSRF and the same token itself, and also accepts the token as a cookie).
+            # Origin, CSRF and the same token itself, and also accepts its session cookie).
             from bastion.web.app import create_ui_app, mount_ui
 
             ui = create_ui_app(app, gateway_status=runtime.gateway.status, token=token, allowed_hosts=[host])
             return mount_ui(inner, ui)
 
-        await run_gateway(runtime.gateway, transport, host, port, wrap=with_ui)  # type: ignore[arg-type]
+        await run_gateway(
+            runtime.gateway,
+            transport,  # type: ignore[arg-type]
+            host,
+            port,
+            wrap=with_ui,
+            home=app.home,
+            require_token=False if no_token else None,
+            tls=tls,
+            insecure_http=insecure_http,
+        )
 
 
 @cli.group()
@@ -497,14 +533,25 @@ def client_ls() -> None:
 
 @client_group.command("connect")
 @click.argument("name")
+@click.option(
+    "--url",
+    default=None,
+    help="Connect to a running `gateway run --transport streamable-http` at this URL (e.g. "
+    "http://127.0.0.1:8811/mcp) instead of starting the gateway over stdio; the gateway token is written "
+    "into the client's configuration.",
+)
 @one_line_errors
-def client_connect(name: str) -> None:
-    """Add a `bastion gateway run` stdio entry to the client's MCP configuration."""
+def client_connect(name: str, url: str | None) -> None:
+    """Add Bastion to the client's MCP configuration: a `bastion gateway run` stdio entry, or
+    with --url an HTTP entry that sends the gateway token."""
     from bastion.clients import connect, get_client
     from bastion.config.paths import bastion_home
+    from bastion.gateway.security import current_token
 
     client = get_client(name)
-    path = connect(client, bastion_home() if os.environ.get("BASTION_HOME") else None)
+    home = bastion_home() if os.environ.get("BASTION_HOME") else None
+    token = current_token(bastion_home()) if url is not None else None
+    path = connect(client, home, url=url, token=token)
     click.echo(f"connected {client.title}: {path} (restart {client.title} to pick it up)")
 
 

@@ -1,4 +1,10 @@
-"""Where Bastion keeps its files: `$BASTION_HOME`, else the platform's user config dir."""
+"""Where Bastion keeps its files: `$BASTION_HOME`, else the platform's user config dir.
+
+The home holds what decides where tokens go (`catalog.yaml`: which URL a server's token is sent
+to; `config.yaml`; `registry.yaml`) and the gateway token, so it gets the same check as the store's
+own directory (`config.files.check_private`): owned by this user, 0700; its YAML files owned by
+this user and writable by nobody else. A home or file that others can write is refused.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,12 @@ import os
 from pathlib import Path
 
 import platformdirs
+
+from bastion.config.files import DIR_MODE, check_private
+from bastion.errors import ConfigError
+
+HOME_FILES = ("catalog.yaml", "registry.yaml", "config.yaml")
+"""The YAML files of the home that are checked each time it is opened."""
 
 
 def bastion_home() -> Path:
@@ -17,7 +29,24 @@ def bastion_home() -> Path:
 
 
 def ensure_home(home: Path | None = None) -> Path:
-    """Create the home directory (0700) if missing and return it."""
+    """Create the home directory (0700) if missing, check it and its YAML files (see the module
+    docstring), and return it."""
     home = home or bastion_home()
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        home.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        st = home.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot create BASTION_HOME {home}: {exc.strerror}", hint="check its parent") from None
+    if not os.path.isdir(home):
+        raise ConfigError(f"BASTION_HOME {home} is not a directory", hint="point BASTION_HOME at a directory")
+    check_private(home, st)
+    for name in HOME_FILES:
+        path = home / name
+        try:
+            file_st = path.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}", hint="check its permissions") from None
+        check_private(path, file_st)
     return home

@@ -3,7 +3,7 @@
 features: {oauth-dcr: true}
 store: {backend: file | keyring | redis, url: redis://127.0.0.1:6379/0, prefix: "bastion:"}
 oauth: {callback_port: 5175, callback_timeout: 300, client_id_metadata_document: https://...}
-gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60, startup_wait: 15}
+gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60, startup_wait: 15, require_token: true}
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ class GatewaySettings(BaseModel):
     (gateway/startup.py); default: `connect_timeout`. 0 turns the wait off."""
     restart_max: int = Field(5, ge=0)
     """A stdio server that exits this many times in a row without becoming ready is given up."""
+    require_token: bool = True
+    """The HTTP transports require the gateway token (`Authorization: Bearer`), on loopback too.
+    False (or `gateway run --no-token`) lets any local process use the gateway: warned each start."""
 
 
 class Settings(BaseModel):

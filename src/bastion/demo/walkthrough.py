@@ -8,6 +8,7 @@ client secret is ever printed: only states, scopes, counts and server answers.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import socket
 import tempfile
@@ -35,6 +36,7 @@ from bastion.demo.servers import HOST, DemoServers, demo_servers, token_digest
 from bastion.demo.useragent import DemoBrowserUserAgent, HeadlessUserAgent, browser_available
 from bastion.errors import BastionError
 from bastion.gateway.runtime import run_gateway
+from bastion.gateway.security import current_token
 from bastion.gateway.upstream import UpstreamState
 from bastion.oauth.tokens import TokenManager
 from bastion.oauth.useragent import UserAgent
@@ -136,15 +138,17 @@ async def _wait_for(predicate: Callable[[], bool], what: str) -> None:
 
 
 @asynccontextmanager
-async def _gateway(runtime: Runtime) -> AsyncIterator[str]:
-    """`run_gateway` on streamable HTTP at a free loopback port, in this process; its URL."""
+async def _gateway(runtime: Runtime, home: Path) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """`run_gateway` on streamable HTTP at a free loopback port, in this process; its URL and the
+    headers a client sends (the gateway token, from `home`'s token file as a client would)."""
     port = _free_port()
     url = f"http://{HOST}:{port}/mcp"
+    headers = {"Authorization": f"Bearer {current_token(home)}"}
     async with anyio.create_task_group() as tg:
-        tg.start_soon(run_gateway, runtime.gateway, "streamable-http", HOST, port)
+        tg.start_soon(functools.partial(run_gateway, runtime.gateway, "streamable-http", HOST, port, home=home))
         try:
             ready = False
-            async with httpx2.AsyncClient(timeout=2.0, trust_env=False) as http:
+            async with httpx2.AsyncClient(timeout=2.0, headers=headers, trust_env=False) as http:
                 with anyio.move_on_after(WAIT):
                     while not ready:
                         try:
@@ -153,7 +157,7 @@ async def _gateway(runtime: Runtime) -> AsyncIterator[str]:
                             await anyio.sleep(0.05)
             if not ready:
                 raise DemoError(f"the gateway did not answer on {url} within {WAIT:.0f} s")
-            yield url
+            yield url, headers
         finally:
             tg.cancel_scope.cancel()
 
@@ -263,7 +267,7 @@ async def _use(out: Narrator, peers: DemoServers, home: Path, isolated: bool, he
         out.begin("Start the gateway (in this process)", "bastion gateway run --transport streamable-http")
         runtime = Runtime(app)
         await stack.enter_async_context(runtime)
-        url = await stack.enter_async_context(_gateway(runtime))
+        url, headers = await stack.enter_async_context(_gateway(runtime, home))
         status = {s.name: s for s in runtime.gateway.status()}[SERVER]
         if status.state is not UpstreamState.READY:
             raise DemoError(f"the gateway's upstream {SERVER} is {status.state}: {status.last_error}")
@@ -272,7 +276,7 @@ async def _use(out: Narrator, peers: DemoServers, home: Path, isolated: bool, he
         # 7 -- a client calls tools -------------------------------------------------------------------
         out.begin("An MCP client lists and calls tools through the gateway (Bastion adds the Bearer token)")
         changes = ListChanges()
-        http = await stack.enter_async_context(httpx2.AsyncClient(timeout=30.0, trust_env=False))
+        http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=30.0, trust_env=False))
         client = await stack.enter_async_context(
             Client(streamable_http_client(url, http_client=http), mode="legacy", message_handler=changes.handler)
         )

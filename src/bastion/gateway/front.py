@@ -8,10 +8,11 @@ Starlette's error, exception and routing layers, and the lean path's own body re
 fifth of its time per request (docs/benchmarks.md, "Third round").
 
 `FastLaneProtocol` is uvicorn's httptools protocol (with coalesced writes) that takes a POST to
-the MCP endpoint aside before the ASGI app would start: it waits for the body in the request's
-own cycle, screens the headers with the security middleware's own checks, and offers the request
-to `LeanPath.serve`, whose reply is written straight to the connection by `DirectResponse` (the
-bytes uvicorn would write). Anything the lean path does not serve — a refused Origin/Host/token,
+the MCP endpoint aside before the ASGI app would start: it screens the headers with the security
+middleware's own checks, then waits for the body (at most `BODY_TIMEOUT` seconds, else 408) in
+the request's own cycle, and offers the request to `LeanPath.serve`, whose reply is written
+straight to the connection by `DirectResponse` (the bytes uvicorn would write). Anything the
+lean path does not serve — a refused Origin/Host/token (refused with its body unread),
 `initialize`, notifications, batches, other methods, an oversize body, a client gone before the
 body arrived — runs through the whole ASGI app in the same cycle, with the body replayed by
 uvicorn's own `receive`, so it is answered exactly as before. `BASTION_FAST_LANE=0` turns the lane
@@ -20,6 +21,7 @@ off (so does `BASTION_COALESCE=0`, which gives uvicorn's own protocol back).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, ClassVar, Final, cast
 
@@ -28,7 +30,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, RequestResponseCy
 
 from bastion.gateway.coalesce import CoalescingHttpToolsProtocol, CoalescingTransport
 from bastion.gateway.lean import LeanPath
-from bastion.gateway.security import GatewaySecurityMiddleware
+from bastion.gateway.security import BODY_TIMEOUT, BODY_TIMEOUT_MESSAGE, GatewaySecurityMiddleware
 from bastion.gateway.switches import switched_on
 
 logger = logging.getLogger(__name__)
@@ -43,22 +45,34 @@ def fast_lane_enabled() -> bool:
 
 
 class FastLane:
-    """What the protocol needs to serve a lean POST: the listener's security checks and the lean path."""
+    """What the protocol needs to serve a lean POST: the listener's security checks, the body
+    deadline, and the lean path."""
 
-    def __init__(self, security: GatewaySecurityMiddleware, lean: LeanPath, path: str = MCP_PATH) -> None:
+    def __init__(
+        self,
+        security: GatewaySecurityMiddleware,
+        lean: LeanPath,
+        path: str = MCP_PATH,
+        body_timeout: float = BODY_TIMEOUT,
+    ) -> None:
         self.security = security
         self.lean = lean
         self.path = path
+        self.body_timeout = body_timeout
         self.served = 0
         """Requests answered in the lane (tests read it)."""
 
-    async def serve(self, cycle: RequestResponseCycle, body: bytes, response: DirectResponse) -> bool:
+    def admit(self, cycle: RequestResponseCycle) -> Scope | None:
+        """The request's scope without its `Authorization` header, if its headers pass the
+        middleware's own checks (Host, Origin, token); None for a request it would refuse. Called
+        before any byte of the body is read."""
         refusal, kept = self.security.screen(cycle.scope["headers"])
         if refusal is not None:
-            return False  # the middleware refuses it, in its own words, on the ASGI path
+            return None  # the middleware refuses it, in its own words, on the ASGI path
         scope = cast(Scope, cycle.scope)
-        if kept is not None:
-            scope = {**scope, "headers": kept}
+        return scope if kept is None else {**scope, "headers": kept}
+
+    async def serve(self, scope: Scope, cycle: RequestResponseCycle, body: bytes, response: DirectResponse) -> bool:
         if not await self.lean.serve(scope, body, cast(Receive, cycle.receive), response.send):
             return False
         self.served += 1
@@ -78,10 +92,17 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # uvicorn calls this when a request's headers are complete (or a pipelined request's turn
-        # comes): the one place to take a request aside before its ASGI task starts.
+        # comes): the one place to take a request aside before its ASGI task starts. `app` is not
+        # ours when uvicorn answers 503 itself (over `limit_concurrency`): that answer stands.
         lane = self.lane
         scope = cycle.scope
-        if lane is None or scope["method"] != "POST" or scope["path"] != lane.path or cycle.waiting_for_100_continue:
+        if (
+            lane is None
+            or app is not self.app
+            or scope["method"] != "POST"
+            or scope["path"] != lane.path
+            or cycle.waiting_for_100_continue
+        ):
             super()._start_asgi_task(cycle, app)
             return
         task = self.loop.create_task(self._serve(lane, cycle, app))
@@ -89,34 +110,55 @@ class FastLaneProtocol(CoalescingHttpToolsProtocol):
         self.tasks.add(task)
 
     async def _serve(self, lane: FastLane, cycle: RequestResponseCycle, app: Any) -> None:
-        body = await _whole_body(cycle, lane.lean.max_body)
-        if body is not None:
+        # The headers first: a request the security checks refuse goes to the ASGI app, which
+        # refuses it without reading its body.
+        scope = lane.admit(cycle)
+        if scope is not None:
+            body = await _whole_body(cycle, lane.lean.max_body, lane.body_timeout)
             # The protocol's transport is the coalescing wrapper (`connection_made`).
             response = DirectResponse(cycle, cast(CoalescingTransport, self.transport))
-            try:
-                if await lane.serve(cycle, body, response):
-                    response.check_complete()
-                    return
-            except Exception:
-                logger.exception("fast lane: request handler raised")
-                response.fail()
+            if body is _TIMED_OUT:
+                response.reject(408, BODY_TIMEOUT_MESSAGE)
                 return
-            assert not response.started, "LeanPath.serve sends nothing when it declines"
+            if isinstance(body, bytes):
+                try:
+                    if await lane.serve(scope, cycle, body, response):
+                        response.check_complete()
+                        return
+                except Exception:
+                    logger.exception("fast lane: request handler raised")
+                    response.fail()
+                    return
+                assert not response.started, "LeanPath.serve sends nothing when it declines"
         # Not the lane's: the whole ASGI app runs in this cycle. uvicorn's `receive` hands it the
         # body read so far (still in `cycle.body`) once the event is set.
         cycle.message_event.set()
         await cycle.run_asgi(app)
 
 
-async def _whole_body(cycle: RequestResponseCycle, limit: int) -> bytes | None:
+class _TimedOut:
+    """The body did not arrive in time."""
+
+
+_TIMED_OUT: Final = _TimedOut()
+
+
+async def _whole_body(cycle: RequestResponseCycle, limit: int, timeout: float) -> bytes | _TimedOut | None:
     """The request body once complete, as uvicorn's `receive` would deliver it, left in
-    `cycle.body` for a fallback; None if the client left first or it exceeds `limit`."""
-    while cycle.more_body and not cycle.disconnected:
-        if len(cycle.body) > limit:
-            return None
-        cycle.flow.resume_reading()
-        await cycle.message_event.wait()
-        cycle.message_event.clear()
+    `cycle.body` for a fallback; None if the client left first or it exceeds `limit`;
+    `_TIMED_OUT` if it is not complete `timeout` seconds from now. (A body that came with its
+    headers, the usual case, arms no timer.)"""
+    if cycle.more_body and not cycle.disconnected:
+        try:
+            async with asyncio.timeout(timeout):
+                while cycle.more_body and not cycle.disconnected:
+                    if len(cycle.body) > limit:
+                        return None
+                    cycle.flow.resume_reading()
+                    await cycle.message_event.wait()
+                    cycle.message_event.clear()
+        except TimeoutError:
+            return _TIMED_OUT
     if cycle.disconnected or len(cycle.body) > limit:
         return None
     return bytes(cycle.body)
@@ -211,6 +253,23 @@ class DirectResponse:
         if not cycle.response_complete and not cycle.disconnected:
             logger.error("fast lane: the handler returned without completing its response")
             self._transport.close()
+
+    def reject(self, status: int, body: bytes) -> None:
+        """Answer `status` with a JSON `body` before anything was sent, and close the connection
+        (the rest of the request is not going to be read)."""
+        cycle = self._cycle
+        if cycle.disconnected:
+            return
+        cycle.keep_alive = False
+        self._write(
+            STATUS_LINE[status]
+            + b"".join(name + b": " + value + b"\r\n" for name, value in cycle.default_headers)
+            + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+            + body
+        )
+        cycle.response_started = cycle.response_complete = True
+        cycle.message_event.set()
+        self._transport.close()
 
     def fail(self) -> None:
         """The handler raised: a 500 if nothing was sent yet (as uvicorn answers), else close."""

@@ -18,10 +18,13 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -35,13 +38,20 @@ from mcp_types import INVALID_PARAMS
 from starlette.types import ASGIApp
 
 from bastion.config.catalog import CatalogEntry
+from bastion.config.paths import bastion_home
 from bastion.config.settings import GatewaySettings
 from bastion.errors import GatewayError, NeedsAuthorizationError, UpstreamError
 from bastion.gateway.coalesce import CoalescingHttpToolsProtocol, coalesce_enabled
 from bastion.gateway.front import FastLane, fast_lane_enabled, fast_lane_protocol
 from bastion.gateway.naming import SEPARATOR
 from bastion.gateway.pool import Pool
-from bastion.gateway.security import GatewaySecurityMiddleware, gateway_token
+from bastion.gateway.security import (
+    BODY_TIMEOUT,
+    BodyDeadlineMiddleware,
+    GatewaySecurityMiddleware,
+    gateway_token,
+    is_loopback_host,
+)
 from bastion.gateway.server import ChangeNotifier, GatewayServer, StoreStatus, build_server, http_app
 from bastion.gateway.upstream import SecretLookup, Upstream, UpstreamHandle, UpstreamState, UpstreamStatus
 from bastion.oauth.api import TokenProvider
@@ -309,7 +319,33 @@ class _NullContext:
         return None
 
 
-def bind_listener(host: str, port: int) -> socket.socket:
+@dataclass(frozen=True)
+class ListenerLimits:
+    """Bounds on what clients of the HTTP listener can hold (slowloris, connection floods)."""
+
+    body_timeout: float = BODY_TIMEOUT
+    """Seconds from a request's headers to the last byte of its body; then 408 and close."""
+    max_connections: int = 256
+    """uvicorn's `limit_concurrency`: with this many connections open (or requests running) new
+    requests get 503 at once. A desktop client holds one or two connections (its POSTs and an
+    event stream), httpx's default pool at most 100; 256 leaves room for a few such clients and
+    keeps a flood of idle sockets far below the usual 1024 file descriptors per process."""
+    keep_alive: int = 5
+    """Seconds an idle keep-alive connection stays open (uvicorn's default): long enough for a
+    client's next call to reuse it, short enough that idle sockets do not pile up."""
+    backlog: int = 128
+    """Connections the kernel queues before they are accepted."""
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """A PEM certificate (chain) and its private key, for uvicorn's ssl options."""
+
+    cert: Path
+    key: Path
+
+
+def bind_listener(host: str, port: int, backlog: int = 128) -> socket.socket:
     """Bind the HTTP listener now, so a busy port is a clear error rather than uvicorn exiting."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto=IPPROTO_TCP, not 0: asyncio disables Nagle (TCP_NODELAY) only on sockets whose `proto`
@@ -322,30 +358,70 @@ def bind_listener(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise GatewayError(f"cannot listen on {host}:{port}: {exc.strerror}", hint="choose another --port") from None
-    sock.listen(128)
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
 
+def check_listener(host: str, tls: TLSFiles | None, insecure_http: bool) -> None:
+    """Off loopback the gateway token and every reply cross a network: TLS, unless the person
+    said explicitly that plain http is what they want (e.g. TLS ends at a proxy in front).
+    The certificate and key are loaded here once, so a bad file is an error before anything
+    starts (uvicorn loads them again for its own context)."""
+    if tls is not None:
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise GatewayError(
+                f"cannot use --tls-cert/--tls-key: {reason}", hint="give a PEM certificate and its private key"
+            ) from None
+        return
+    if insecure_http or is_loopback_host(host):
+        return
+    raise GatewayError(
+        f"refusing to listen on {host} over plain http: the gateway token and every reply would cross the "
+        "network unencrypted",
+        hint="add --tls-cert FILE --tls-key FILE, or --insecure-http if TLS ends in front of the gateway",
+    )
+
+
 AppWrapper = Callable[[ASGIApp, str | None], ASGIApp]
-"""Wraps the gateway's HTTP app (given the listener's token, None on loopback) — e.g. to mount
-the OAuth page at /ui in front of it. It must leave POST /mcp to the app it wraps: the fast lane
-(front.py) serves those before the ASGI app is called."""
+"""Wraps the gateway's HTTP app (given the listener's token, None when turned off) — e.g. to
+mount the OAuth page at /ui in front of it. It must leave POST /mcp to the app it wraps: the fast
+lane (front.py) serves those before the ASGI app is called."""
+
+
+@dataclass(frozen=True)
+class _Listener:
+    """How `_serve_http` serves: the token (None: turned off), TLS, and the limits."""
+
+    token: str | None
+    tls: TLSFiles | None
+    limits: ListenerLimits
 
 
 async def _serve_http(
-    gateway: Gateway, transport: Transport, sock: socket.socket, stop: anyio.Event, wrap: AppWrapper | None = None
+    gateway: Gateway,
+    transport: Transport,
+    sock: socket.socket,
+    stop: anyio.Event,
+    wrap: AppWrapper | None,
+    listener: _Listener,
 ) -> None:
     host, port = sock.getsockname()[:2]
-    token = gateway_token(host)
+    token, limits = listener.token, listener.limits
     inner = http_app(gateway.server, gateway.pool, gateway.store_status)
     security = GatewaySecurityMiddleware(inner, token=token, listen_host=host, listen_port=port)
-    app: ASGIApp = security if wrap is None else wrap(security, token)
+    # The deadline is outermost, so /ui's forms get it too; Host/Origin/token are screened from
+    # the headers before anything reads a body (GatewaySecurityMiddleware never reads it).
+    app: ASGIApp = BodyDeadlineMiddleware(security if wrap is None else wrap(security, token), limits.body_timeout)
     protocol: type[asyncio.Protocol] | str = "auto"
     if coalesce_enabled():
         protocol = CoalescingHttpToolsProtocol
         if fast_lane_enabled():
-            protocol = fast_lane_protocol(FastLane(security, inner.state.lean_path))
+            protocol = fast_lane_protocol(FastLane(security, inner.state.lean_path, body_timeout=limits.body_timeout))
+    tls = listener.tls
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -353,10 +429,16 @@ async def _serve_http(
         lifespan="on",
         timeout_graceful_shutdown=2,
         http=protocol,
+        limit_concurrency=limits.max_connections,
+        timeout_keep_alive=limits.keep_alive,
+        ssl_certfile=str(tls.cert) if tls is not None else None,
+        ssl_keyfile=str(tls.key) if tls is not None else None,
     )
     server = _Uvicorn(config)
     endpoint = "/sse" if transport == "sse" else "/mcp"
-    print(f"bastion: gateway listening on http://{host}:{port}{endpoint}", file=sys.stderr, flush=True)
+    scheme = "https" if tls is not None else "http"
+    shown = f"[{host}]" if ":" in host else host
+    print(f"bastion: gateway listening on {scheme}://{shown}:{port}{endpoint}", file=sys.stderr, flush=True)
     async with anyio.create_task_group() as tg:
 
         async def serve() -> None:
@@ -378,20 +460,37 @@ async def run_gateway(
     port: int = 8811,
     *,
     wrap: AppWrapper | None = None,
+    home: Path | None = None,
+    require_token: bool | None = None,
+    tls: TLSFiles | None = None,
+    insecure_http: bool = False,
+    limits: ListenerLimits | None = None,
 ) -> None:
     """Serve `gateway` on `transport` until cancelled, SIGTERM/SIGINT, or (stdio) end of input.
+
+    The HTTP transports require the gateway token (see `gateway.security`): BASTION_GATEWAY_TOKEN,
+    else the one in `home` (default: BASTION_HOME); `require_token` (default: the gateway's
+    `require_token` setting) False turns that off, with a warning. Off loopback they need `tls`
+    unless `insecure_http`.
 
     Starts the gateway if it is not started yet, and then always stops it on the way out, so
     no upstream child process outlives this call.
     """
-    sock = bind_listener(host, port) if transport != "stdio" else None
+    listener: _Listener | None = None
+    sock = None
+    if transport != "stdio":
+        check_listener(host, tls, insecure_http)
+        required = gateway.settings.require_token if require_token is None else require_token
+        token = gateway_token(home or bastion_home(), required=required)
+        listener = _Listener(token, tls, limits or ListenerLimits())
+        sock = bind_listener(host, port, listener.limits.backlog)
     try:
         if gateway.started:
-            await _serve(gateway, transport, sock, wrap)
+            await _serve(gateway, transport, sock, wrap, listener)
         else:
             await gateway.start(wait=False)
             try:
-                await _serve(gateway, transport, sock, wrap)
+                await _serve(gateway, transport, sock, wrap, listener)
             finally:
                 await gateway.aclose()
     finally:
@@ -400,7 +499,11 @@ async def run_gateway(
 
 
 async def _serve(
-    gateway: Gateway, transport: Transport, sock: socket.socket | None, wrap: AppWrapper | None = None
+    gateway: Gateway,
+    transport: Transport,
+    sock: socket.socket | None,
+    wrap: AppWrapper | None = None,
+    listener: _Listener | None = None,
 ) -> None:
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
@@ -414,10 +517,10 @@ async def _serve(
 
         tg.start_soon(watch_signals)
         tg.start_soon(gateway.announce_ready, _say)
-        if sock is None:
+        if sock is None or listener is None:
             tg.start_soon(_serve_stdio, gateway, stop)
         else:
-            tg.start_soon(_serve_http, gateway, transport, sock, stop, wrap)
+            tg.start_soon(_serve_http, gateway, transport, sock, stop, wrap, listener)
         await stop.wait()
         tg.cancel_scope.cancel()
 

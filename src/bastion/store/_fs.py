@@ -28,15 +28,12 @@ import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, ValidationError
 from watchfiles import Change, awatch
 
-from bastion.config.files import atomic_write
+from bastion.config.files import DIR_MODE, FILE_MODE, atomic_write, check_private
 from bastion.errors import StoreError, StoreLockTimeout
 from bastion.store.base import Lease
 from bastion.store.models import ProviderRecord, StoreEvent
 
 logger = logging.getLogger(__name__)
-
-DIR_MODE = 0o700
-FILE_MODE = 0o600
 
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _ENCODED = re.compile(r"(?:[a-z0-9_-]|%[0-9A-F]{2})+")
@@ -103,14 +100,7 @@ def ensure_private_dir(path: Path) -> None:
         raise StoreError(f"cannot create the store directory {path}: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise StoreError(f"{path} is not a directory", hint="move it away; the store needs a directory there")
-    if st.st_uid != os.geteuid():
-        raise StoreError(
-            f"{path} belongs to another user (uid {st.st_uid})",
-            hint="chown it to yourself, or point BASTION_HOME elsewhere",
-        )
-    if stat.S_IMODE(st.st_mode) != DIR_MODE:
-        logger.warning("%s had mode %o; setting it to 0700", path, stat.S_IMODE(st.st_mode))
-        os.chmod(path, DIR_MODE)
+    check_private(path, st, error=StoreError, refuse_shared_write=False)
     _tighten_files(path)
 
 

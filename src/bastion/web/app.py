@@ -13,7 +13,8 @@ Routes (relative to the mount point):
     POST /revoke            revoke at the authorization server, delete the tokens
     POST /enable            put a catalog server in the registry
     POST /disable           remove it (revoking its tokens)
-    GET  /login?token=...   with a gateway token: set the `bastion_token` cookie
+    GET  /login             the sign-in form (with a gateway token)
+    POST /login             field `token`: set the session cookie, 303 to the page
     GET  /static/ui.js, /static/ui.css
 
 Who may call them is `UISecurityMiddleware`'s job; every POST also checks the CSRF field.
@@ -21,6 +22,7 @@ Who may call them is `UISecurityMiddleware`'s job; every POST also checks the CS
 
 from __future__ import annotations
 
+import html
 import logging
 import secrets
 import time
@@ -43,7 +45,15 @@ from bastion.oauth import flow
 from bastion.service import Bastion
 from bastion.web import render
 from bastion.web.feed import EventStream, Pokes
-from bastion.web.security import CSRF_FIELD, TOKEN_COOKIE, UISecurityMiddleware, check_csrf, token_matches
+from bastion.web.security import (
+    CSRF_FIELD,
+    LOGIN_PATH,
+    UISecurityMiddleware,
+    check_csrf,
+    session_cookie_name,
+    session_value,
+    token_matches,
+)
 from bastion.web.status import GatewayStatus, Snapshot, UpstreamStatusRow, gateway_signature, snapshot
 
 logger = logging.getLogger(__name__)
@@ -125,6 +135,14 @@ class _FormError(Exception):
 
 async def _checked_form(request: Request, csrf: str) -> Mapping[str, str]:
     """The urlencoded form of a POST, after its CSRF field matched (constant time)."""
+    fields = await _form(request)
+    if not check_csrf(fields.get(CSRF_FIELD), csrf):
+        raise _FormError(403, "the form's CSRF token is missing or wrong; reload the page and try again")
+    return fields
+
+
+async def _form(request: Request) -> Mapping[str, str]:
+    """The urlencoded form of a POST, at most `MAX_FORM_BYTES`."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/x-www-form-urlencoded":
         raise _FormError(415, "expected a form (application/x-www-form-urlencoded)")
@@ -137,9 +155,22 @@ async def _checked_form(request: Request, csrf: str) -> Mapping[str, str]:
         fields = dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=False))
     except UnicodeDecodeError:
         raise _FormError(400, "the form is not UTF-8") from None
-    if not check_csrf(fields.get(CSRF_FIELD), csrf):
-        raise _FormError(403, "the form's CSRF token is missing or wrong; reload the page and try again")
     return fields
+
+
+def _login_page(links: render.Links, *, wrong: bool = False) -> str:
+    """The sign-in form: the token goes in a POST body, never in a URL (where it would be kept in
+    the history, logs and Referer headers)."""
+    problem = "<p class='failed'>That is not the gateway token.</p>" if wrong else ""
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>Bastion: sign in</title></head><body>"
+        f"<main><h1>Sign in to Bastion</h1>{problem}"
+        "<p>Enter the gateway token: <code>$BASTION_GATEWAY_TOKEN</code>, or the content of "
+        "<code>gateway-token</code> in Bastion's home directory.</p>"
+        f"<form method='post' action='{html.escape(links.to(LOGIN_PATH))}'>"
+        "<label>Gateway token <input type='password' name='token' autocomplete='current-password' required>"
+        "</label> <button type='submit'>Sign in</button></form></main></body></html>"
+    )
 
 
 def create_ui_app(
@@ -156,7 +187,7 @@ def create_ui_app(
     - `gateway_status`: when the page runs inside a gateway, its status rows (see
       `UpstreamStatusRow`; `Gateway.status` fits); None = standalone ("not running").
     - `token`: the gateway token. None = loopback clients only; else every client must present
-      it (bearer header, or the cookie `/login?token=` sets).
+      it (bearer header), or the session cookie that signing in (POST /login) sets.
     - `allowed_hosts`: host names, besides loopback ones, the `Host` header may carry.
     - `pending_ttl`: how long a begun authorization can be completed (default: the configured
       callback timeout).
@@ -306,20 +337,30 @@ def create_ui_app(
         state.notify("info", f"{server}: disabled")
         return back(request)
 
-    async def login(request: Request) -> Response:
-        target = _links(request).to("/")
+    async def login_form(request: Request) -> Response:
         if state.token is None:
-            return RedirectResponse(target, status_code=303)
-        if not token_matches(request.query_params.get("token"), state.token):
-            return failure_page(request, 401, "Wrong token", "Open /ui/login?token=<the gateway token>.")
-        response = RedirectResponse(target, status_code=303)
+            return back(request)
+        return HTMLResponse(_login_page(_links(request)))  # a `?token=` in the URL is ignored
+
+    async def login(request: Request) -> Response:
+        if state.token is None:
+            return back(request)
+        try:
+            fields = await _form(request)
+        except _FormError as exc:
+            return failure_page(request, exc.status, "Cannot sign in", str(exc))
+        if not token_matches(fields.get("token", "").strip(), state.token):
+            return HTMLResponse(_login_page(_links(request), wrong=True), status_code=401)
+        https = request.url.scheme == "https"
+        response = back(request)
         response.set_cookie(
-            TOKEN_COOKIE,
-            state.token,
-            path=_links(request).to("/"),
+            session_cookie_name(request.url.scheme),
+            session_value(state.token),
+            # `__Host-` (https) demands Path=/; over http the cookie stays with the page's mount.
+            path="/" if https else _links(request).to("/"),
             httponly=True,
-            samesite="lax",
-            secure=request.url.scheme == "https",
+            samesite="strict",
+            secure=https,
         )
         return response
 
@@ -334,7 +375,8 @@ def create_ui_app(
         Route("/revoke", revoke, methods=["POST"]),
         Route("/enable", enable, methods=["POST"]),
         Route("/disable", disable, methods=["POST"]),
-        Route("/login", login, methods=["GET"]),
+        Route(LOGIN_PATH, login_form, methods=["GET"]),
+        Route(LOGIN_PATH, login, methods=["POST"]),
         Route("/static/ui.js", static(script, "text/javascript"), methods=["GET"]),
         Route("/static/ui.css", static(style, "text/css"), methods=["GET"]),
     ]

@@ -5,10 +5,17 @@ for the POST handlers:
 
 1. DNS rebinding: the `Host` header must name a loopback host, or one of `allowed_hosts`.
    A rebound name (attacker.example resolving to 127.0.0.1) is refused before anything runs.
-2. Who: without a gateway token, only loopback clients. With a token, every client presents it,
-   as `Authorization: Bearer <token>` or as the `bastion_token` cookie that `/login?token=...`
-   sets (HttpOnly, SameSite=Lax so the authorization server's redirect to the callback still
-   carries it). Compared in constant time.
+2. Who: with a gateway token (the default, loopback included), every client presents it as
+   `Authorization: Bearer <token>`, or presents the session cookie that signing in sets: a form
+   POSTed to `/login` with the token (never a token in a URL). The cookie is not the token but
+   `session_value(token)`, an HMAC of it under a fixed label, so a stolen cookie is no bearer token
+   for /mcp; HttpOnly, SameSite=Strict; over https it is `__Host-bastion_session` (Secure, Path=/),
+   over plain http (loopback, or `--insecure-http`) `bastion_session` without Secure, since
+   browsers drop a `__Host-` or Secure cookie set by an http page. Compared in constant time.
+   Two routes check no token: `/login` itself, and `/oauth/callback`, which the authorization
+   server's cross-site redirect reaches without a SameSite=Strict cookie; it is authenticated by
+   its single-use `state` instead (unknown states change nothing). Without a token (the explicit
+   opt-out) only loopback clients are served.
 3. Cross-site requests: an `Origin` header, when sent, must be the page's own origin (its
    `Host`), on every request, so another site can neither post forms nor open the event
    stream. For POSTs, `Sec-Fetch-Site` must be absent, `same-origin` or `none` (a page on
@@ -21,6 +28,7 @@ for the POST handlers:
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import html
 from collections.abc import Iterable
@@ -32,11 +40,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bastion.oauth.rfc8252 import is_loopback_host
 
-TOKEN_COOKIE = "bastion_token"
+SESSION_COOKIE = "bastion_session"
+"""The session cookie's name over plain http."""
+SECURE_SESSION_COOKIE = "__Host-bastion_session"
+"""Its name over https: the prefix makes browsers insist on Secure, Path=/ and no Domain."""
+SESSION_LABEL = b"bastion /ui session v1"
 CSRF_FIELD = "csrf"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
 LOGIN_PATH = "/login"
+CALLBACK_PATH = "/oauth/callback"
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -99,10 +112,20 @@ def bearer_token(authorization: str | None) -> str | None:
     return credentials.strip() if scheme.lower() == "bearer" else None
 
 
-def cookie_token(cookie_header: str | None) -> str | None:
+def session_value(token: str) -> str:
+    """The session cookie's value for `token`: HMAC-SHA256 of a fixed label under the token."""
+    return hmac.new(token.encode(), SESSION_LABEL, hashlib.sha256).hexdigest()
+
+
+def session_cookie_name(scheme: str) -> str:
+    return SECURE_SESSION_COOKIE if scheme == "https" else SESSION_COOKIE
+
+
+def session_cookie(cookie_header: str | None, scheme: str) -> str | None:
+    """The session cookie a request carries, under the name its scheme uses."""
     if not cookie_header:
         return None
-    return cookie_parser(cookie_header).get(TOKEN_COOKIE)
+    return cookie_parser(cookie_header).get(session_cookie_name(scheme))
 
 
 def check_csrf(presented: str | None, expected: str) -> bool:
@@ -122,6 +145,7 @@ class UISecurityMiddleware:
     def __init__(self, app: ASGIApp, *, token: str | None, allowed_hosts: Iterable[str] = ()) -> None:
         self.app = app
         self.token = token
+        self.session = session_value(token) if token is not None else None
         self.allowed_hosts = tuple(allowed_hosts)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -134,6 +158,19 @@ class UISecurityMiddleware:
         refusal = self.refusal(scope)
         if refusal is not None:
             status, message = refusal
+            browser = not any(key == b"authorization" for key, _ in scope["headers"])
+            if status == 401 and browser and scope["method"] == "GET" and _route_path(scope) == "/":
+                # A browser that has not signed in yet: to the sign-in form.
+                location = scope.get("root_path", "").rstrip("/") + LOGIN_PATH
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 303,
+                        "headers": [(b"location", location.encode()), (b"content-length", b"0"), *SECURITY_HEADERS],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b""})
+                return
             await _refuse(send, status, message, challenge=status == 401)
             return
 
@@ -160,17 +197,20 @@ class UISecurityMiddleware:
             site = headers.get("sec-fetch-site")
             if site is not None and site.lower() not in ALLOWED_FETCH_SITES:
                 return 403, "Cross-site requests are refused."
-        if _route_path(scope) == LOGIN_PATH:
-            return None  # checks the token itself
-        if self.token is None:
+        if self.token is None or self.session is None:
             client = scope.get("client")
             if client is None or not is_loopback_host(str(client[0])):
                 return 403, "This page is reachable from this machine only (no gateway token is configured)."
             return None
-        presented = bearer_token(headers.get("authorization")) or cookie_token(headers.get("cookie"))
-        if not token_matches(presented, self.token):
-            return 401, "Sign in first: open /ui/login?token=<the gateway token> once in this browser."
-        return None
+        if _route_path(scope) in (LOGIN_PATH, CALLBACK_PATH):
+            return None  # the sign-in checks the token itself; the callback its single-use state
+        bearer = bearer_token(headers.get("authorization"))
+        if bearer is not None:
+            if token_matches(bearer, self.token):
+                return None
+        elif token_matches(session_cookie(headers.get("cookie"), scope.get("scheme", "http")), self.session):
+            return None
+        return 401, "Sign in first: open the page's /login in this browser and enter the gateway token."
 
 
 async def _refuse(send: Send, status: int, message: str, *, challenge: bool) -> None:

@@ -1,7 +1,8 @@
 """`bastion ui`: the OAuth page on its own uvicorn listener (loopback by default).
 
-Bound anywhere else it needs the gateway token (`BASTION_GATEWAY_TOKEN`, or a random one
-printed once), exactly like the gateway's own listener.
+Every browser signs in with the gateway token (`BASTION_GATEWAY_TOKEN`, or the one in
+`$BASTION_HOME/gateway-token`), exactly like the gateway's own listener; loopback included,
+unless `gateway: {require_token: false}`.
 """
 
 from __future__ import annotations
@@ -78,14 +79,14 @@ async def serve_ui(
     out = out or sys.stdout
     sock = bind_listener(host, port)
     try:
-        token = gateway_token(host)
+        token = gateway_token(app.home, required=app.settings.gateway.require_token)
         ui = create_ui_app(app, token=token, allowed_hosts=allowed_hosts_for(host))
         config = uvicorn.Config(standalone_app(ui), log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
         server = _Uvicorn(config)
         url = page_url(host, sock.getsockname()[1])
         print(f"Bastion UI: {url}", file=out, flush=True)
         if token is not None:
-            print(f"  sign in once per browser at {url}login?token=<the gateway token>", file=out, flush=True)
+            print(f"  sign in once per browser at {url}login with the gateway token", file=out, flush=True)
         if open_browser:
             BrowserUserAgent(out=sys.stderr).open(url)
         async with anyio.create_task_group() as tg:

@@ -128,3 +128,17 @@ def test_invalid_catalog_is_reported_with_file_and_entry(runner: CliRunner, tmp_
     result = runner.invoke(cli, ["server", "ls"])
     assert result.exit_code == 1
     assert "catalog.yaml" in result.output and "'broken'" in result.output and "remote.url" in result.output
+
+
+def test_gateway_run_off_loopback_without_tls_names_the_flags_to_add(runner: CliRunner) -> None:
+    """Point 13 (192.0.2.1 is TEST-NET: refused before anything binds)."""
+    result = runner.invoke(cli, ["gateway", "run", "--transport", "streamable-http", "--host", "192.0.2.1"])
+    assert result.exit_code == 1
+    assert "--tls-cert FILE --tls-key FILE" in result.output and "--insecure-http" in result.output
+
+
+def test_gateway_run_wants_both_tls_files(runner: CliRunner, tmp_path: Path) -> None:
+    cert = tmp_path / "cert.pem"
+    cert.write_text("not a certificate")
+    result = runner.invoke(cli, ["gateway", "run", "--transport", "streamable-http", "--tls-cert", str(cert)])
+    assert result.exit_code == 1 and "--tls-cert and --tls-key go together" in result.output
