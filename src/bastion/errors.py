@@ -4,7 +4,8 @@ Every error a user can meet says what to do next.
 
     BastionError                      base; `str(err)` is a one-line message for humans
     ├── ConfigError                   catalog/registry/config file is invalid (names file, entry, field)
-    │   └── UnknownServerError        a NAME that is not in the catalog / registry
+    │   ├── UnknownServerError        a NAME that is not in the catalog / registry
+    │   └── SecretNotAllowedError     a stored secret is not set for the server that asks for it
     ├── StoreError                    the credential store cannot be read or written
     │   ├── StoreLockTimeout          another process held the lock for too long
     │   ├── StoreKeyError             encrypted store: wrong or missing key
@@ -54,6 +55,10 @@ class ConfigError(BastionError):
 
 class UnknownServerError(ConfigError):
     """NAME is not a known server."""
+
+
+class SecretNotAllowedError(ConfigError):
+    """A catalog entry asks for a stored secret that was set for other servers only."""
 
 
 class StoreError(BastionError):

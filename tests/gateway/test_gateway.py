@@ -142,8 +142,8 @@ async def test_never_answering_server_times_out_on_connect() -> None:
 
 
 async def test_secrets_come_from_the_lookup_and_reach_the_child_environment() -> None:
-    async def lookup(name: str) -> str | None:
-        return {"one.key": "from-store"}.get(name)
+    async def lookup(server: str, name: str) -> str | None:
+        return {("one", "one.key"): "from-store"}.get((server, name))
 
     entry = stdio_entry("one", secrets=[{"name": "one.key", "env": "ONE_KEY"}], env={"GREETING": "hi ${ONE_KEY}"})
     async with Gateway([entry], FAST, secret_lookup=lookup) as gateway:

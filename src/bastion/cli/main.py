@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from bastion.text import terminal_text
+
 if TYPE_CHECKING:
     from bastion.service import Bastion
 
@@ -336,29 +338,69 @@ async def oauth_client_rm(name: str) -> None:
 
 @cli.group()
 def secret() -> None:
-    """Secrets that catalog entries ask for (kept in the store, never printed back)."""
+    """Secrets that catalog entries ask for (kept in the store, never printed back).
+
+    Each secret is handed only to the servers it was set for."""
 
 
 @secret.command("set")
 @click.argument("name")
 @click.option("--value", default=None, help="The value (default: all of stdin, e.g. a PEM key, or a prompt).")
+@click.option(
+    "--server",
+    "servers",
+    multiple=True,
+    help="A server that may use it (repeatable). Default: the servers it is already set for, else the server "
+    "its name points to (`github` for `github.personal_access_token`) or the one entry that asks for it.",
+)
 @run_async
-async def secret_set(name: str, value: str | None) -> None:
-    """Set secret NAME."""
-    if value is None:
-        value = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else click.prompt(name, hide_input=True)
+async def secret_set(name: str, value: str | None, servers: tuple[str, ...]) -> None:
+    """Set secret NAME (`oauth:NAME` when an entry's client credentials name it)."""
     async with open_app() as app:
-        await app.store.set_secret(name, value)
-    click.echo(f"secret {name} set")
+        name = app.secret_name(name)
+        targets = await app.secret_targets(name, servers)
+        if value is None:
+            value = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else click.prompt(name, hide_input=True)
+        await app.set_secret(name, value, targets)
+    click.echo(terminal_text(f"secret {name} set for {', '.join(targets)}"))
+
+
+@secret.command("allow")
+@click.argument("name")
+@click.argument("server")
+@run_async
+async def secret_allow(name: str, server: str) -> None:
+    """Hand secret NAME to SERVER too."""
+    async with open_app() as app:
+        name = app.secret_name(name)
+        servers = await app.allow_secret(name, server)
+    click.echo(terminal_text(f"secret {name} is for {', '.join(servers)}"))
+
+
+@secret.command("disallow")
+@click.argument("name")
+@click.argument("server")
+@run_async
+async def secret_disallow(name: str, server: str) -> None:
+    """Stop handing secret NAME to SERVER."""
+    async with open_app() as app:
+        name = app.secret_name(name)
+        servers = await app.disallow_secret(name, server)
+    click.echo(terminal_text(f"secret {name} is for {', '.join(servers) or 'no server'}"))
 
 
 @secret.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @run_async
-async def secret_ls() -> None:
-    """List secret names."""
+async def secret_ls(as_json: bool) -> None:
+    """List secret names and the servers each is for."""
     async with open_app() as app:
-        for name in await app.store.list_secrets():
-            click.echo(name)
+        rows = await app.list_secrets()
+    if as_json:
+        click.echo(json.dumps([{"name": row.name, "servers": row.servers} for row in rows], indent=2))
+        return
+    for row in rows:
+        click.echo(terminal_text(f"{row.name}  (for: {', '.join(row.servers) or 'no server'})"))
 
 
 @secret.command("rm")
@@ -367,8 +409,9 @@ async def secret_ls() -> None:
 async def secret_rm(name: str) -> None:
     """Remove secret NAME."""
     async with open_app() as app:
-        removed = await app.store.delete_secret(name)
-    click.echo(f"secret {name} removed" if removed else f"no secret named {name}")
+        name = app.secret_name(name)
+        removed = await app.delete_secret(name)
+    click.echo(terminal_text(f"secret {name} removed" if removed else f"no secret named {name}"))
 
 
 # --------------------------------------------------------------------------- gateway & tools
