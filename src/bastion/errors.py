@@ -28,10 +28,13 @@ Every error a user can meet says what to do next.
     └── GatewayError                  the gateway itself (listener, security)
 
 Secrets never appear in messages: build them from server names, URLs without query strings,
-and the server's own `error`/`error_description`.
+and the server's own `error`/`error_description`. URL user-info (`user:password@`) is cut out
+of every message and hint here, whoever built it.
 """
 
 from __future__ import annotations
+
+from bastion.text import strip_userinfo
 
 
 class BastionError(Exception):
@@ -40,9 +43,9 @@ class BastionError(Exception):
     hint: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(strip_userinfo(message))
         if hint is not None:
-            self.hint = hint
+            self.hint = strip_userinfo(hint)
 
     def __str__(self) -> str:
         base = super().__str__()
@@ -95,7 +98,7 @@ class OAuthError(BastionError):
     ) -> None:
         super().__init__(message, hint=hint)
         self.error = error
-        self.error_description = error_description
+        self.error_description = None if error_description is None else strip_userinfo(error_description)
         self.error_uri = error_uri
 
 

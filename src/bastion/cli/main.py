@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from bastion.text import terminal_text
+from bastion.text import TerminalFormatter, terminal_text
 
 if TYPE_CHECKING:
     from bastion.service import Bastion
@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"bastion: {message}", err=True)
+    click.echo(terminal_text(f"bastion: {message}"), err=True)
     sys.exit(code)
 
 
@@ -70,7 +70,9 @@ def _configure_logging(verbose: int) -> None:
     level = os.environ.get("BASTION_LOG_LEVEL", "").upper() or (
         "DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING"
     )
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TerminalFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if level != "DEBUG":
         logging.getLogger("httpx2").setLevel(logging.WARNING)
 
@@ -117,7 +119,7 @@ async def server_ls(as_json: bool) -> None:
         for row in rows:
             mark = "●" if row["enabled"] else "○"
             oauth = " oauth" if row["oauth"] else ""
-            click.echo(f"{mark} {row['name']:<24} {row['transport']:<16}{oauth:<6} {row['title']}")
+            click.echo(terminal_text(f"{mark} {row['name']:<24} {row['transport']:<16}{oauth:<6} {row['title']}"))
 
 
 @server.command("enable")
@@ -142,7 +144,7 @@ async def server_disable(names: tuple[str, ...]) -> None:
         for name in names:
             click.echo(f"disabled {name}")
             for problem in problems.get(name, []):
-                click.echo(f"  warning: revocation: {problem} (tokens removed locally anyway)", err=True)
+                click.echo(terminal_text(f"  warning: revocation: {problem} (tokens removed locally anyway)"), err=True)
 
 
 @server.command("inspect")
@@ -234,7 +236,7 @@ async def oauth_ls(as_json: bool) -> None:
         try:
             rows = await app.providers()
         except StoreUnavailable as exc:
-            click.echo(f"bastion: warning: the credential store is degraded: {exc}", err=True)
+            click.echo(terminal_text(f"bastion: warning: the credential store is degraded: {exc}"), err=True)
             if as_json:
                 click.echo("[]")
             sys.exit(1)
@@ -247,8 +249,10 @@ async def oauth_ls(as_json: bool) -> None:
         click.echo(f"{'SERVER':<20} {'STATE':<20} {'ISSUER':<36} {'CLIENT ID':<24} {'SCOPES':<24} EXPIRES")
         for r in rows:
             click.echo(
-                f"{r.server:<20} {r.state.value:<20} {r.issuer or '-':<36} {(r.client_id or '-')[:24]:<24} "
-                f"{' '.join(r.scopes) or '-':<24} {_format_expiry(r.expires_at)}"
+                terminal_text(
+                    f"{r.server:<20} {r.state.value:<20} {r.issuer or '-':<36} {(r.client_id or '-')[:24]:<24} "
+                    f"{' '.join(r.scopes) or '-':<24} {_format_expiry(r.expires_at)}"
+                )
             )
 
 
@@ -268,7 +272,7 @@ async def oauth_authorize(
     agent = PrintUserAgent() if no_browser else BrowserUserAgent()
 
     def progress(message: str) -> None:
-        click.echo(f"· {message}", err=True)
+        click.echo(terminal_text(f"· {message}"), err=True)
 
     async with open_app() as app:
         record = await app.authorize(
@@ -281,7 +285,7 @@ async def oauth_authorize(
         )
         tokens = record.tokens
         granted = " ".join(tokens.scopes) if tokens is not None and tokens.scopes else "(none)"
-        click.echo(f"authorized {name} (scopes: {granted})")
+        click.echo(terminal_text(f"authorized {name} (scopes: {granted})"))
 
 
 @oauth.command("revoke")
@@ -292,7 +296,7 @@ async def oauth_revoke(name: str) -> None:
     async with open_app() as app:
         problems = await app.revoke(name)
         for problem in problems:
-            click.echo(f"warning: revocation: {problem} (tokens removed locally anyway)", err=True)
+            click.echo(terminal_text(f"warning: revocation: {problem} (tokens removed locally anyway)"), err=True)
         click.echo(f"revoked {name}")
 
 
@@ -320,7 +324,7 @@ async def oauth_client_set(
     secret = client_secret or os.environ.get("BASTION_CLIENT_SECRET") or None
     async with open_app() as app:
         await app.set_client(name, client_id, secret, issuer, auth_method)
-        click.echo(f"client set for {name}: {client_id}" + (" (with secret)" if secret else ""))
+        click.echo(terminal_text(f"client set for {name}: {client_id}" + (" (with secret)" if secret else "")))
 
 
 @oauth_client.command("rm")
@@ -468,9 +472,12 @@ async def tools_ls(server: str | None, as_json: bool) -> None:
     else:
         for tool in listed:
             summary = (tool.description or "").strip().splitlines()[0] if tool.description else ""
-            click.echo(f"{tool.name:<40} {summary[:80]}")
+            click.echo(terminal_text(f"{tool.name:<40} {summary[:80]}"))
     for status in problems:
-        click.echo(f"warning: {status.name} is {status.state.value}: {status.last_error or ''}".rstrip(), err=True)
+        click.echo(
+            terminal_text(f"warning: {status.name} is {status.state.value}: {status.last_error or ''}".rstrip()),
+            err=True,
+        )
 
 
 def _parse_arguments(pairs: tuple[str, ...], json_args: str | None) -> dict[str, Any]:
@@ -515,7 +522,8 @@ async def tools_call(
     else:
         for block in result.content:
             text = getattr(block, "text", None)
-            click.echo(text if text is not None else json.dumps(block.model_dump(mode="json", exclude_none=True)))
+            shown = text if text is not None else json.dumps(block.model_dump(mode="json", exclude_none=True))
+            click.echo(terminal_text(shown, keep_newlines=True))
     if result.is_error:
         sys.exit(1)
 

@@ -52,6 +52,7 @@ from bastion.gateway.rawhttp import RawHTTPError
 from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
 from bastion.oauth.api import TokenProvider
+from bastion.text import strip_userinfo
 
 logger = logging.getLogger(__name__)
 
@@ -572,7 +573,7 @@ class Upstream:
         self._on_change(self)
 
     def _park(self, state: UpstreamState, error: str) -> None:
-        self.last_error = error
+        self.last_error = strip_userinfo(error)  # shown by /health and /ui
         self.listing = EMPTY_LISTING
         self.protocol_version = None
         self._set_state(state)
