@@ -4,7 +4,8 @@ Every error a user can meet says what to do next.
 
     BastionError                      base; `str(err)` is a one-line message for humans
     ├── ConfigError                   catalog/registry/config file is invalid (names file, entry, field)
-    │   └── UnknownServerError        a NAME that is not in the catalog / registry
+    │   ├── UnknownServerError        a NAME that is not in the catalog / registry
+    │   └── SecretNotAllowedError     a stored secret is not set for the server that asks for it
     ├── StoreError                    the credential store cannot be read or written
     │   ├── StoreLockTimeout          another process held the lock for too long
     │   ├── StoreKeyError             encrypted store: wrong or missing key
@@ -27,10 +28,13 @@ Every error a user can meet says what to do next.
     └── GatewayError                  the gateway itself (listener, security)
 
 Secrets never appear in messages: build them from server names, URLs without query strings,
-and the server's own `error`/`error_description`.
+and the server's own `error`/`error_description`. URL user-info (`user:password@`) is cut out
+of every message and hint here, whoever built it.
 """
 
 from __future__ import annotations
+
+from bastion.text import strip_userinfo
 
 
 class BastionError(Exception):
@@ -39,9 +43,9 @@ class BastionError(Exception):
     hint: str | None = None
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message)
+        super().__init__(strip_userinfo(message))
         if hint is not None:
-            self.hint = hint
+            self.hint = strip_userinfo(hint)
 
     def __str__(self) -> str:
         base = super().__str__()
@@ -54,6 +58,10 @@ class ConfigError(BastionError):
 
 class UnknownServerError(ConfigError):
     """NAME is not a known server."""
+
+
+class SecretNotAllowedError(ConfigError):
+    """A catalog entry asks for a stored secret that was set for other servers only."""
 
 
 class StoreError(BastionError):
@@ -90,7 +98,7 @@ class OAuthError(BastionError):
     ) -> None:
         super().__init__(message, hint=hint)
         self.error = error
-        self.error_description = error_description
+        self.error_description = None if error_description is None else strip_userinfo(error_description)
         self.error_uri = error_uri
 
 

@@ -79,7 +79,7 @@ class Runtime:
             select_entries(app, self.only),
             app.settings.gateway,
             token_provider=self.tokens,
-            secret_lookup=app.store.get_secret,
+            secret_lookup=app.secret_for,
             store_status=self.store_status,
         )
         self._stack = AsyncExitStack()

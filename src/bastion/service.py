@@ -5,21 +5,31 @@ everything they do goes through here.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpcore2
 import httpx2
+from pydantic import TypeAdapter, ValidationError
 
-from bastion.config.catalog import Catalog, CatalogEntry, load_catalog
+from bastion.config.catalog import (
+    OAUTH_SECRETS,
+    Catalog,
+    CatalogEntry,
+    check_secret_name,
+    default_secret_servers,
+    docker_prefix,
+    load_catalog,
+)
 from bastion.config.paths import bastion_home, ensure_home
 from bastion.config.registry import load_enabled, save_enabled
 from bastion.config.settings import Settings, load_settings, save_settings
-from bastion.errors import AuthorizationError, ConfigError, UnknownServerError
+from bastion.errors import AuthorizationError, ConfigError, SecretNotAllowedError, StoreError, UnknownServerError
 from bastion.oauth import flow, netguard
 from bastion.oauth.client_credentials import ClientCredentials
 from bastion.oauth.tokens import TokenManager, revoke
@@ -28,7 +38,15 @@ from bastion.store.base import Store
 from bastion.store.factory import open_store
 from bastion.store.models import ClientRegistration, ProviderRecord, ProviderState
 
+logger = logging.getLogger(__name__)
+
 HTTP_TIMEOUT = httpx2.Timeout(30.0, connect=10.0)
+BOOKKEEPING: Final = "bastion:"
+"""Store secrets under this prefix are Bastion's bookkeeping, never shown or handed out."""
+SECRET_SERVERS: Final = BOOKKEEPING + "servers:"
+"""`bastion:servers:<name>`: the JSON list of the servers secret <name> is for."""
+_SECRETS_LOCK: Final = BOOKKEEPING + "secrets"
+_SERVER_LIST: Final = TypeAdapter(list[str])
 
 
 def new_http_client(
@@ -72,6 +90,18 @@ class ProviderRow:
         }
 
 
+@dataclass(frozen=True)
+class SecretRow:
+    """One row of `bastion secret ls`: a secret's name and the servers it is for (never its value)."""
+
+    name: str
+    servers: list[str]
+
+
+def _servers_text(servers: Sequence[str]) -> str:
+    return ", ".join(servers) if servers else "no server"
+
+
 def provider_row(record: ProviderRecord, now: float | None = None) -> ProviderRow:
     tokens = record.tokens
     issuer = tokens.issuer if tokens is not None else (record.client.issuer if record.client is not None else None)
@@ -96,6 +126,7 @@ class Bastion:
         self.store = store
         self._stack = AsyncExitStack()
         self._http: httpx2.AsyncClient | None = None
+        self._secrets_migrated = False
 
     @classmethod
     def open(cls, home: Path | None = None) -> Bastion:
@@ -238,18 +269,19 @@ class Bastion:
         if spec is None or entry.remote is None:
             return None
         jwt_auth = spec.token_endpoint_auth_method == "private_key_jwt"
-        secret_name = spec.private_key_secret if jwt_auth else spec.client_secret_secret
+        secret_name = spec.store_secret
         field = "private_key_secret" if jwt_auth else "client_secret_secret"
-        if not secret_name:
+        if secret_name is None:
             raise ConfigError(
                 f"{name}: oauth.client_credentials uses {spec.token_endpoint_auth_method} but names no {field}",
-                hint=f"add `{field}: SECRET_NAME` to the catalog entry and run `bastion secret set SECRET_NAME`",
+                hint=f"add `{field}: SECRET_NAME` to the catalog entry and run "
+                f"`bastion secret set {OAUTH_SECRETS}SECRET_NAME --server {name}`",
             )
-        secret = await self.store.get_secret(secret_name)
+        secret = await self.secret_for(name, secret_name)
         if not secret:
             raise ConfigError(
                 f"{name}: the secret {secret_name!r} for its client credentials is not set",
-                hint=f"run `bastion secret set {secret_name}`",
+                hint=f"run `bastion secret set {secret_name} --server {name}`",
             )
         return ClientCredentials(
             server_url=entry.remote.url, spec=spec, secret=secret, transport=entry.remote.transport_type
@@ -302,6 +334,176 @@ class Bastion:
                 return False
             await self.store.put(record.model_copy(update={"client": None, "tokens": None}))
             return True
+
+    # -- secrets -------------------------------------------------------------------------------
+    #
+    # A secret is handed only to the servers it was set for (`bastion:servers:<name>`). Secrets
+    # stored before that was recorded are bound once, by `migrate_secrets`, to the servers that
+    # could already use them; from then on no edited or imported entry can add itself.
+
+    async def secret_for(self, server: str, name: str) -> str | None:
+        """The value of secret `name` when it is set for `server`; None when it is not set. Raises
+        `SecretNotAllowedError` when it is set for other servers only. The gateway's `SecretLookup`
+        and the client credentials' source."""
+        if not self._secrets_migrated:
+            await self.migrate_secrets()
+        value = await self.store.get_secret(name)
+        servers = await self._secret_servers(name) if value is not None else None
+        if value is None and name.startswith(OAUTH_SECRETS):
+            legacy = name.removeprefix(OAUTH_SECRETS)
+            stale = await self.store.get_secret(legacy) is not None and await self._secret_servers(legacy) is None
+        else:
+            stale = value is not None and servers is None
+        if stale:  # stored by an older Bastion since this process migrated
+            await self.migrate_secrets()
+            value = await self.store.get_secret(name)
+            servers = await self._secret_servers(name)
+        if value is None:
+            return None
+        if server not in (servers or []):
+            raise SecretNotAllowedError(
+                f"the secret {name!r} is set for {_servers_text(servers or [])}, not for server {server!r}",
+                hint=f"if {server} should have it, run `bastion secret allow {name} {server}`",
+            )
+        return value
+
+    def secret_name(self, name: str) -> str:
+        """The stored name `bastion secret ... NAME` means: `oauth:NAME` when NAME is what an entry's
+        client credentials name and no entry's `secrets` asks for NAME itself (so `bastion secret set
+        reports.key < key.pem` keeps working); else NAME."""
+        check_secret_name(name)
+        if name.startswith(OAUTH_SECRETS):
+            return name
+        asked = [entry.store_secrets for entry in self.catalog.entries.values()]
+        if any(OAUTH_SECRETS + name in names for names in asked) and not any(name in names for names in asked):
+            return OAUTH_SECRETS + name
+        return name
+
+    async def secret_targets(self, name: str, servers: Sequence[str] = ()) -> list[str]:
+        """The servers `bastion secret set NAME` binds: `servers` when given (catalog names), else
+        the ones it is already set for, else `default_secret_servers`. Raises when it cannot tell."""
+        check_secret_name(name)
+        if servers:
+            for server in servers:
+                self.catalog.get(server)
+            return sorted(set(servers))
+        if await self.store.get_secret(name) is not None and (existing := await self._secret_servers(name)):
+            return existing
+        derived = default_secret_servers(self.catalog, name)
+        if derived is None:
+            users = [entry.name for entry in self.catalog.entries.values() if name in entry.store_secrets]
+            asked = f" (asked for by {', '.join(users)})" if users else ""
+            raise ConfigError(
+                f"say which server may use the secret {name!r}{asked}",
+                hint=f"run `bastion secret set {name} --server SERVER` (repeat --server for several)",
+            )
+        return derived
+
+    async def set_secret(self, name: str, value: str, servers: Sequence[str]) -> list[str]:
+        """Store secret `name` for exactly `servers` (see `secret_targets`)."""
+        check_secret_name(name)
+        targets = sorted(set(servers))
+        async with self.store.lock(_SECRETS_LOCK):
+            await self._write_secret_servers(name, targets)
+            await self.store.set_secret(name, value)
+        return targets
+
+    async def allow_secret(self, name: str, server: str) -> list[str]:
+        """Hand secret `name` to `server` too; returns the servers it is now for."""
+        check_secret_name(name)
+        self.catalog.get(server)
+        await self.migrate_secrets()
+        async with self.store.lock(_SECRETS_LOCK):
+            if await self.store.get_secret(name) is None:
+                raise ConfigError(
+                    f"no secret named {name!r}", hint=f"run `bastion secret set {name} --server {server}`"
+                )
+            servers = sorted({*(await self._secret_servers(name) or []), server})
+            await self._write_secret_servers(name, servers)
+        return servers
+
+    async def disallow_secret(self, name: str, server: str) -> list[str]:
+        """Stop handing secret `name` to `server`; returns the servers it is still for."""
+        check_secret_name(name)
+        await self.migrate_secrets()
+        async with self.store.lock(_SECRETS_LOCK):
+            if await self.store.get_secret(name) is None:
+                raise ConfigError(f"no secret named {name!r}", hint="`bastion secret ls` lists them")
+            servers = [s for s in await self._secret_servers(name) or [] if s != server]
+            await self._write_secret_servers(name, servers)
+        return servers
+
+    async def delete_secret(self, name: str) -> bool:
+        check_secret_name(name)
+        async with self.store.lock(_SECRETS_LOCK):
+            await self.store.delete_secret(SECRET_SERVERS + name)
+            return await self.store.delete_secret(name)
+
+    async def list_secrets(self) -> list[SecretRow]:
+        """Every secret a person set (names and servers, never values)."""
+        await self.migrate_secrets()
+        rows = []
+        for name in await self.store.list_secrets():
+            if not name.startswith(BOOKKEEPING):
+                rows.append(SecretRow(name, await self._secret_servers(name) or []))
+        return rows
+
+    async def migrate_secrets(self) -> list[str]:
+        """Bind each secret stored before secrets were bound to servers, once, to the servers that
+        could already use it: the enabled entries that ask for it, plus the server its Docker-shaped
+        name points to (`github` for `github.personal_access_token`). One that an entry names as its
+        client credentials secret moves under `oauth:`, out of every entry's reach but that grant's.
+        Returns what was done (also logged)."""
+        notes: list[str] = []
+        async with self.store.lock(_SECRETS_LOCK):
+            names = await self.store.list_secrets()
+            present = set(names)
+            enabled = set(self.enabled())
+            for name in names:
+                if ":" in name or SECRET_SERVERS + name in present:
+                    continue
+                value = await self.store.get_secret(name)
+                if value is None:
+                    continue
+                prefix = docker_prefix(name)
+                candidates = [e for e in self.catalog.entries.values() if e.name in enabled or e.name == prefix]
+                moved = OAUTH_SECRETS + name
+                grants = sorted(e.name for e in candidates if moved in e.store_secrets)
+                if grants and moved not in present:
+                    await self._write_secret_servers(moved, grants)
+                    await self.store.set_secret(moved, value)
+                    await self.store.delete_secret(name)
+                    notes.append(
+                        f"secret {name!r} is a client credentials secret: now {moved!r}, for {', '.join(grants)}"
+                    )
+                    continue
+                users = sorted(e.name for e in candidates if name in e.store_secrets)
+                if not users and prefix is not None:
+                    users = [prefix]
+                await self._write_secret_servers(name, users)
+                notes.append(
+                    f"secret {name!r} (stored before secrets were bound to servers) is now for {_servers_text(users)}"
+                )
+            self._secrets_migrated = True
+        for note in notes:
+            logger.warning("%s; `bastion secret ls` shows it, `bastion secret allow NAME SERVER` adds a server", note)
+        return notes
+
+    async def _secret_servers(self, name: str) -> list[str] | None:
+        """The servers secret `name` is for; None when that was never recorded (an older Bastion)."""
+        raw = await self.store.get_secret(SECRET_SERVERS + name)
+        if raw is None:
+            return None
+        try:
+            return _SERVER_LIST.validate_json(raw)
+        except ValidationError:
+            raise StoreError(
+                f"the list of servers of the secret {name!r} is unreadable",
+                hint=f"run `bastion secret set {name} --server SERVER` again",
+            ) from None
+
+    async def _write_secret_servers(self, name: str, servers: Sequence[str]) -> None:
+        await self.store.set_secret(SECRET_SERVERS + name, _SERVER_LIST.dump_json(sorted(set(servers))).decode())
 
     # -- features ------------------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
@@ -27,6 +29,14 @@ FAST = GatewaySettings(connect_timeout=10, request_timeout=10, restart_max=3)
 
 def text_of(result: Any) -> str:
     return "".join(block.text for block in result.content if hasattr(block, "text"))
+
+
+@contextmanager
+def socket_closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on (bound, never listening, while the test runs)."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
 
 
 async def wait_for_state(gateway: Gateway, server: str, state: UpstreamState, timeout: float = 15) -> None:
@@ -142,8 +152,8 @@ async def test_never_answering_server_times_out_on_connect() -> None:
 
 
 async def test_secrets_come_from_the_lookup_and_reach_the_child_environment() -> None:
-    async def lookup(name: str) -> str | None:
-        return {"one.key": "from-store"}.get(name)
+    async def lookup(server: str, name: str) -> str | None:
+        return {("one", "one.key"): "from-store"}.get((server, name))
 
     entry = stdio_entry("one", secrets=[{"name": "one.key", "env": "ONE_KEY"}], env={"GREETING": "hi ${ONE_KEY}"})
     async with Gateway([entry], FAST, secret_lookup=lookup) as gateway:
@@ -256,3 +266,16 @@ async def test_upstream_http_client_is_reused_across_calls(web_upstream: tuple[s
 
 def test_httpx2_is_the_http_stack() -> None:
     assert httpx2.AsyncClient is not None
+
+
+async def test_the_status_of_an_upstream_shows_no_url_user_info() -> None:
+    """`/health` and `/ui` show `last_error`: a `user:password@` in the catalog URL stays out of it."""
+    with socket_closed_port() as port:
+        entry = remote_entry("basic", f"http://alice:hunter2@127.0.0.1:{port}/mcp")
+        async with Gateway([entry], FAST) as gateway:
+            with anyio.fail_after(15):
+                while not gateway.status()[0].last_error:
+                    await anyio.sleep(0.05)
+            status = gateway.status()[0].to_json()
+    assert "hunter2" not in str(status) and "alice" not in str(status)
+    assert f"127.0.0.1:{port}" in str(status["last_error"])

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from bastion.text import TerminalFormatter, terminal_text
+
 if TYPE_CHECKING:
     from bastion.service import Bastion
 
@@ -23,7 +25,7 @@ T = TypeVar("T")
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"bastion: {message}", err=True)
+    click.echo(terminal_text(f"bastion: {message}"), err=True)
     sys.exit(code)
 
 
@@ -68,7 +70,9 @@ def _configure_logging(verbose: int) -> None:
     level = os.environ.get("BASTION_LOG_LEVEL", "").upper() or (
         "DEBUG" if verbose >= 2 else "INFO" if verbose == 1 else "WARNING"
     )
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TerminalFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if level != "DEBUG":
         logging.getLogger("httpx2").setLevel(logging.WARNING)
 
@@ -115,7 +119,7 @@ async def server_ls(as_json: bool) -> None:
         for row in rows:
             mark = "●" if row["enabled"] else "○"
             oauth = " oauth" if row["oauth"] else ""
-            click.echo(f"{mark} {row['name']:<24} {row['transport']:<16}{oauth:<6} {row['title']}")
+            click.echo(terminal_text(f"{mark} {row['name']:<24} {row['transport']:<16}{oauth:<6} {row['title']}"))
 
 
 @server.command("enable")
@@ -140,7 +144,7 @@ async def server_disable(names: tuple[str, ...]) -> None:
         for name in names:
             click.echo(f"disabled {name}")
             for problem in problems.get(name, []):
-                click.echo(f"  warning: revocation: {problem} (tokens removed locally anyway)", err=True)
+                click.echo(terminal_text(f"  warning: revocation: {problem} (tokens removed locally anyway)"), err=True)
 
 
 @server.command("inspect")
@@ -232,7 +236,7 @@ async def oauth_ls(as_json: bool) -> None:
         try:
             rows = await app.providers()
         except StoreUnavailable as exc:
-            click.echo(f"bastion: warning: the credential store is degraded: {exc}", err=True)
+            click.echo(terminal_text(f"bastion: warning: the credential store is degraded: {exc}"), err=True)
             if as_json:
                 click.echo("[]")
             sys.exit(1)
@@ -245,8 +249,10 @@ async def oauth_ls(as_json: bool) -> None:
         click.echo(f"{'SERVER':<20} {'STATE':<20} {'ISSUER':<36} {'CLIENT ID':<24} {'SCOPES':<24} EXPIRES")
         for r in rows:
             click.echo(
-                f"{r.server:<20} {r.state.value:<20} {r.issuer or '-':<36} {(r.client_id or '-')[:24]:<24} "
-                f"{' '.join(r.scopes) or '-':<24} {_format_expiry(r.expires_at)}"
+                terminal_text(
+                    f"{r.server:<20} {r.state.value:<20} {r.issuer or '-':<36} {(r.client_id or '-')[:24]:<24} "
+                    f"{' '.join(r.scopes) or '-':<24} {_format_expiry(r.expires_at)}"
+                )
             )
 
 
@@ -266,7 +272,7 @@ async def oauth_authorize(
     agent = PrintUserAgent() if no_browser else BrowserUserAgent()
 
     def progress(message: str) -> None:
-        click.echo(f"· {message}", err=True)
+        click.echo(terminal_text(f"· {message}"), err=True)
 
     async with open_app() as app:
         record = await app.authorize(
@@ -279,7 +285,7 @@ async def oauth_authorize(
         )
         tokens = record.tokens
         granted = " ".join(tokens.scopes) if tokens is not None and tokens.scopes else "(none)"
-        click.echo(f"authorized {name} (scopes: {granted})")
+        click.echo(terminal_text(f"authorized {name} (scopes: {granted})"))
 
 
 @oauth.command("revoke")
@@ -290,7 +296,7 @@ async def oauth_revoke(name: str) -> None:
     async with open_app() as app:
         problems = await app.revoke(name)
         for problem in problems:
-            click.echo(f"warning: revocation: {problem} (tokens removed locally anyway)", err=True)
+            click.echo(terminal_text(f"warning: revocation: {problem} (tokens removed locally anyway)"), err=True)
         click.echo(f"revoked {name}")
 
 
@@ -318,7 +324,7 @@ async def oauth_client_set(
     secret = client_secret or os.environ.get("BASTION_CLIENT_SECRET") or None
     async with open_app() as app:
         await app.set_client(name, client_id, secret, issuer, auth_method)
-        click.echo(f"client set for {name}: {client_id}" + (" (with secret)" if secret else ""))
+        click.echo(terminal_text(f"client set for {name}: {client_id}" + (" (with secret)" if secret else "")))
 
 
 @oauth_client.command("rm")
@@ -336,29 +342,69 @@ async def oauth_client_rm(name: str) -> None:
 
 @cli.group()
 def secret() -> None:
-    """Secrets that catalog entries ask for (kept in the store, never printed back)."""
+    """Secrets that catalog entries ask for (kept in the store, never printed back).
+
+    Each secret is handed only to the servers it was set for."""
 
 
 @secret.command("set")
 @click.argument("name")
 @click.option("--value", default=None, help="The value (default: all of stdin, e.g. a PEM key, or a prompt).")
+@click.option(
+    "--server",
+    "servers",
+    multiple=True,
+    help="A server that may use it (repeatable). Default: the servers it is already set for, else the server "
+    "its name points to (`github` for `github.personal_access_token`) or the one entry that asks for it.",
+)
 @run_async
-async def secret_set(name: str, value: str | None) -> None:
-    """Set secret NAME."""
-    if value is None:
-        value = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else click.prompt(name, hide_input=True)
+async def secret_set(name: str, value: str | None, servers: tuple[str, ...]) -> None:
+    """Set secret NAME (`oauth:NAME` when an entry's client credentials name it)."""
     async with open_app() as app:
-        await app.store.set_secret(name, value)
-    click.echo(f"secret {name} set")
+        name = app.secret_name(name)
+        targets = await app.secret_targets(name, servers)
+        if value is None:
+            value = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else click.prompt(name, hide_input=True)
+        await app.set_secret(name, value, targets)
+    click.echo(terminal_text(f"secret {name} set for {', '.join(targets)}"))
+
+
+@secret.command("allow")
+@click.argument("name")
+@click.argument("server")
+@run_async
+async def secret_allow(name: str, server: str) -> None:
+    """Hand secret NAME to SERVER too."""
+    async with open_app() as app:
+        name = app.secret_name(name)
+        servers = await app.allow_secret(name, server)
+    click.echo(terminal_text(f"secret {name} is for {', '.join(servers)}"))
+
+
+@secret.command("disallow")
+@click.argument("name")
+@click.argument("server")
+@run_async
+async def secret_disallow(name: str, server: str) -> None:
+    """Stop handing secret NAME to SERVER."""
+    async with open_app() as app:
+        name = app.secret_name(name)
+        servers = await app.disallow_secret(name, server)
+    click.echo(terminal_text(f"secret {name} is for {', '.join(servers) or 'no server'}"))
 
 
 @secret.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @run_async
-async def secret_ls() -> None:
-    """List secret names."""
+async def secret_ls(as_json: bool) -> None:
+    """List secret names and the servers each is for."""
     async with open_app() as app:
-        for name in await app.store.list_secrets():
-            click.echo(name)
+        rows = await app.list_secrets()
+    if as_json:
+        click.echo(json.dumps([{"name": row.name, "servers": row.servers} for row in rows], indent=2))
+        return
+    for row in rows:
+        click.echo(terminal_text(f"{row.name}  (for: {', '.join(row.servers) or 'no server'})"))
 
 
 @secret.command("rm")
@@ -367,8 +413,9 @@ async def secret_ls() -> None:
 async def secret_rm(name: str) -> None:
     """Remove secret NAME."""
     async with open_app() as app:
-        removed = await app.store.delete_secret(name)
-    click.echo(f"secret {name} removed" if removed else f"no secret named {name}")
+        name = app.secret_name(name)
+        removed = await app.delete_secret(name)
+    click.echo(terminal_text(f"secret {name} removed" if removed else f"no secret named {name}"))
 
 
 # --------------------------------------------------------------------------- gateway & tools
@@ -461,9 +508,12 @@ async def tools_ls(server: str | None, as_json: bool) -> None:
     else:
         for tool in listed:
             summary = (tool.description or "").strip().splitlines()[0] if tool.description else ""
-            click.echo(f"{tool.name:<40} {summary[:80]}")
+            click.echo(terminal_text(f"{tool.name:<40} {summary[:80]}"))
     for status in problems:
-        click.echo(f"warning: {status.name} is {status.state.value}: {status.last_error or ''}".rstrip(), err=True)
+        click.echo(
+            terminal_text(f"warning: {status.name} is {status.state.value}: {status.last_error or ''}".rstrip()),
+            err=True,
+        )
 
 
 def _parse_arguments(pairs: tuple[str, ...], json_args: str | None) -> dict[str, Any]:
@@ -508,7 +558,8 @@ async def tools_call(
     else:
         for block in result.content:
             text = getattr(block, "text", None)
-            click.echo(text if text is not None else json.dumps(block.model_dump(mode="json", exclude_none=True)))
+            shown = text if text is not None else json.dumps(block.model_dump(mode="json", exclude_none=True))
+            click.echo(terminal_text(shown, keep_newlines=True))
     if result.is_error:
         sys.exit(1)
 

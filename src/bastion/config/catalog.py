@@ -13,6 +13,12 @@ Entries use the shape of Docker's MCP catalog, so a Docker catalog file can be i
         env: [{name: FOO, value: bar}] or {FOO: bar}
         secrets: [{name: notion.api_key, env: NOTION_API_KEY}]
 
+`${NAME}` in `env` values and `remote.headers` is expanded from what the entry itself declares
+(its `secrets`, by secret name or env name, and, in headers, its `env`), never from the gateway's
+environment. A stored secret reaches only the servers it was set for (`bastion secret set NAME
+--server S`); the secrets Bastion keeps for itself (client credentials) live under `oauth:`,
+a namespace no entry's `secrets` can name.
+
 The built-in catalog (`builtin_catalog.yaml`, data only) is loaded first; the user's
 `$BASTION_HOME/catalog.yaml` adds to or overrides it entry by entry.
 """
@@ -21,12 +27,44 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bastion.errors import ConfigError, UnknownServerError
+
+OAUTH_SECRETS: Final = "oauth:"
+"""The namespace of the secrets Bastion uses itself (client secrets, private keys of client
+credentials): `oauth.client_credentials` names them, no entry's `secrets` can."""
+_RESERVED = ":"
+"""A secret name holding this belongs to Bastion (`oauth:...`, and its own bookkeeping)."""
+
+
+def _user_secret_name(value: str) -> str:
+    if not value or _RESERVED in value:
+        raise ValueError(
+            "a secret name cannot be empty or hold ':' (names with ':' are Bastion's own, e.g. `oauth:`); "
+            "use a name like `server.api_key`"
+        )
+    return value
+
+
+def check_secret_name(name: str) -> str:
+    """A name a person may give `bastion secret`: a plain one (`github.personal_access_token`) or
+    one under `oauth:` (client credentials); any other name with `:` is Bastion's own."""
+    try:
+        if name.startswith(OAUTH_SECRETS):
+            return OAUTH_SECRETS + _user_secret_name(name.removeprefix(OAUTH_SECRETS))
+        return _user_secret_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"invalid secret name {name!r}: {exc}") from None
+
+
+def _oauth_secret_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return _user_secret_name(value.removeprefix(OAUTH_SECRETS))
 
 
 class _Entry(BaseModel):
@@ -39,7 +77,7 @@ class RemoteSpec(_Entry):
     url: str
     transport_type: Literal["streamable-http", "sse", "http"] = "streamable-http"
     headers: dict[str, str] = Field(default_factory=dict)
-    """Extra request headers; values may use `${VAR}` (expanded from secrets, then the environment)."""
+    """Extra request headers; values may use `${VAR}` (the entry's own `secrets` and `env` only)."""
 
     @field_validator("url")
     @classmethod
@@ -69,6 +107,18 @@ class ClientCredentialsSpec(_Entry):
     )
     scope: str | None = None
 
+    _secret_names = field_validator("client_secret_secret", "private_key_secret")(_oauth_secret_name)
+
+    @property
+    def store_secret(self) -> str | None:
+        """The store name of the secret this grant uses (under `oauth:`), or None."""
+        name = (
+            self.private_key_secret
+            if self.token_endpoint_auth_method == "private_key_jwt"
+            else self.client_secret_secret
+        )
+        return None if name is None else OAUTH_SECRETS + name
+
 
 class OAuthSpec(_Entry):
     """`oauth:` of a catalog entry."""
@@ -83,7 +133,10 @@ class OAuthSpec(_Entry):
 
 class SecretSpec(_Entry):
     name: str
+    """The stored secret (`bastion secret set NAME`); never `oauth:...` or any name with `:`."""
     env: str
+
+    _name = field_validator("name")(_user_secret_name)
 
 
 class EnvSpec(_Entry):
@@ -137,6 +190,16 @@ class CatalogEntry(_Entry):
     def uses_oauth(self) -> bool:
         return self.oauth is not None and self.is_remote
 
+    @property
+    def store_secrets(self) -> frozenset[str]:
+        """The store names of every secret this entry asks for: its `secrets`, and the client
+        credentials secret (under `oauth:`)."""
+        names = {spec.name for spec in self.secrets}
+        grant = self.oauth.client_credentials if self.oauth is not None else None
+        if grant is not None and grant.store_secret is not None:
+            names.add(grant.store_secret)
+        return frozenset(names)
+
 
 class Catalog:
     """The merged catalog (built-in, then the user's file)."""
@@ -157,6 +220,29 @@ class Catalog:
 
     def names(self) -> list[str]:
         return list(self.entries)
+
+
+def docker_prefix(secret: str) -> str | None:
+    """The server a Docker-shaped secret name points to: `github` for `github.personal_access_token`
+    (also under `oauth:`); None for a name without a `.`."""
+    server, dot, rest = secret.removeprefix(OAUTH_SECRETS).partition(".")
+    return server if dot and server and rest else None
+
+
+def default_secret_servers(catalog: Catalog, secret: str) -> list[str] | None:
+    """The servers a secret is for when `bastion secret set` is not told (`--server`): the server
+    its Docker-shaped name points to when that entry asks for it; else the one entry that asks
+    for it; else, when none does yet, the server its name points to. None when that is ambiguous
+    or unknown (then the person must say)."""
+    users = [entry.name for entry in catalog.entries.values() if secret in entry.store_secrets]
+    prefix = docker_prefix(secret)
+    if prefix is not None and prefix in users:
+        return [prefix]
+    if len(users) == 1:
+        return users
+    if not users and prefix is not None:
+        return [prefix]
+    return None
 
 
 def parse_catalog(text: str, source: str) -> dict[str, CatalogEntry]:

@@ -1,14 +1,27 @@
 """How the gateway names what its upstreams offer (see docs/naming.md).
 
-Every tool and prompt is exposed as ``<server>__<name>``: the catalog name of the server,
-two underscores, the upstream's own name. The exposed name is a pure function of the pair,
-so enabling another server never renames anything, and two servers never share a name.
+Every tool and prompt of an ordinary server is exposed as ``<server>__<name>``: the catalog
+name of the server, two underscores, the upstream's own name. The exposed name is a pure
+function of the pair, so enabling another server never renames anything, and the mapping is
+injective: no two (server, name) pairs of different servers ever share an exposed name.
 
 The result is always a valid MCP tool name (SEP-986: 1-128 chars of ``A-Za-z0-9._-``) of at
-most 64 characters, the limit several clients enforce. When the plain form would break those
-rules -- it is too long, holds other characters, or the server name itself contains ``__`` so
-that the split would be ambiguous -- the name is made valid (other characters become ``_``),
-cut to fit, and ends with ``-`` plus 8 hex digits of the SHA-256 of the original pair.
+most 64 characters, the limit several clients enforce.
+
+Three forms, told apart by their shape:
+
+- **plain** ``<server>__<name>``: the server name is *ordinary* (`is_ordinary_server`: starts
+  with a letter or digit, only ``A-Za-z0-9._-``, no ``__``, does not end with ``_``) and the
+  whole is valid and fits. Reading up to the first ``__`` gives the server back, so two servers
+  never meet here (``a`` + ``_b`` is ``a___b``; ``a_`` is not ordinary and never produces it).
+- **cut** ``<server>__<name cut>-<8 hex>``: an ordinary server of at most 52 characters whose
+  tool name is too long or holds other characters; the name part is made valid (other
+  characters become ``_``) and cut, and 8 hex digits of the SHA-256 of the pair keep the cut
+  names of one server apart. It still begins with ``<server>__`` (the cut never reaches the
+  server name), so it cannot be another server's name either.
+- **escaped** ``_<server and name made valid>-<16 hex>``: every other pair (a server name that
+  is not ordinary, or too long for the cut form). Only these start with ``_``, so they never
+  meet the first two forms; among themselves they differ by 64 bits of the SHA-256 of the pair.
 
 Resource URIs and resource templates are not renamed: they are addresses that tool results
 and clients quote verbatim.
@@ -23,21 +36,37 @@ from mcp.shared.tool_name_validation import TOOL_NAME_REGEX
 
 SEPARATOR = "__"
 MAX_NAME_LENGTH = 64
-_HASH_LENGTH = 8
+ESCAPE = "_"
+"""The first character of an escaped name, and of no plain or cut name."""
+_CUT_HASH = 8
+_ESCAPED_HASH = 16
+MAX_CUT_SERVER = MAX_NAME_LENGTH - _CUT_HASH - 1 - len(SEPARATOR) - 1
+"""The longest server name whose cut names still keep `<server>__` and one character of the tool name."""
 _INVALID = re.compile(r"[^A-Za-z0-9._-]")
+_ORDINARY_SERVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*(?:_[A-Za-z0-9.-]+)*")
 
 
-def _digest(server: str, name: str) -> str:
-    return hashlib.sha256(f"{server}\x00{name}".encode()).hexdigest()[:_HASH_LENGTH]
+def _digest(server: str, name: str, length: int) -> str:
+    return hashlib.sha256(f"{server}\x00{name}".encode()).hexdigest()[:length]
+
+
+def is_ordinary_server(server: str) -> bool:
+    """True when reading `<server>__<name>` up to its first `__` gives `server` back, and nothing
+    else: the server's tools may keep the plain form."""
+    return _ORDINARY_SERVER.fullmatch(server) is not None
 
 
 def exposed_name(server: str, name: str) -> str:
     """The name under which the gateway exposes `name` of upstream `server`."""
     plain = f"{server}{SEPARATOR}{name}"
-    if len(plain) <= MAX_NAME_LENGTH and SEPARATOR not in server and TOOL_NAME_REGEX.fullmatch(plain):
-        return plain
-    safe = _INVALID.sub("_", plain)[: MAX_NAME_LENGTH - _HASH_LENGTH - 1]
-    return f"{safe}-{_digest(server, name)}"
+    if is_ordinary_server(server):
+        if len(plain) <= MAX_NAME_LENGTH and TOOL_NAME_REGEX.fullmatch(plain):
+            return plain
+        if len(server) <= MAX_CUT_SERVER:
+            safe = _INVALID.sub("_", plain)[: MAX_NAME_LENGTH - _CUT_HASH - 1]
+            return f"{safe}-{_digest(server, name, _CUT_HASH)}"
+    safe = _INVALID.sub("_", plain)[: MAX_NAME_LENGTH - len(ESCAPE) - _ESCAPED_HASH - 1]
+    return f"{ESCAPE}{safe}-{_digest(server, name, _ESCAPED_HASH)}"
 
 
 def is_valid_exposed_name(name: str) -> bool:

@@ -10,6 +10,7 @@ the generic one without changing discovery or naming.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -50,6 +51,29 @@ LIST_ENVELOPE: dict[str, Any] = {"resultType": "complete", "ttlMs": 0, "cacheSco
 (Required fields on the 2026-07-28 wire; sieved out for handshake-era clients.)"""
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def literal_prefix(uri_template: str) -> str:
+    """The text of a URI template before its first expression (RFC 6570 §2.2): the part every URI
+    it matches starts with."""
+    return uri_template.split("{", 1)[0]
+
+
+def is_catch_all(uri_template: str) -> bool:
+    """True when a template would take URIs of any scheme, and is refused: its literal prefix does
+    not start with a whole RFC 3986 scheme and its `:` (§3.1). `{+uri}`, `{scheme}://{+rest}`,
+    `x{y}`, `ht{+rest}` and `/files/{path}` are catch-alls; `notes://{id}`, `file:///{+path}` and
+    `https://api.example.com/{+path}` are not (a broader one still loses to a more specific one)."""
+    return _SCHEME.match(literal_prefix(uri_template)) is None
+
+
+def _specificity(template: str) -> tuple[int, int]:
+    """Sort key of a template, most specific first: the longer literal prefix, then more literal text."""
+    literal = re.sub(r"\{[^}]*\}", "", template)
+    return (-len(literal_prefix(template)), -len(literal))
+
+
 def _dump(model: types.Tool | types.Prompt | types.Resource | types.ResourceTemplate) -> dict[str, Any]:
     return model.model_dump(by_alias=True, mode="json", exclude_none=True)
 
@@ -62,6 +86,7 @@ class Routes:
     prompts: dict[str, Route] = field(default_factory=dict)
     resources: dict[str, Route] = field(default_factory=dict)
     templates: tuple[tuple[UriTemplate, Route], ...] = ()
+    """Most specific first (`_specificity`), so the first match is the one to route to."""
     tools_wire: tuple[dict[str, Any], ...] = ()
     prompts_wire: tuple[dict[str, Any], ...] = ()
     resources_wire: tuple[dict[str, Any], ...] = ()
@@ -69,6 +94,8 @@ class Routes:
     collisions: tuple[str, ...] = ()
 
     def resource_route(self, uri: str) -> Route | None:
+        """The server that lists `uri` as a concrete resource; else the one whose matching template
+        has the longest literal prefix (catch-all templates are never routed to)."""
         route = self.resources.get(uri)
         if route is not None:
             return route
@@ -129,13 +156,17 @@ def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | Non
     are not renamed, so two servers may claim one: the first server (by name) serves it and the
     clash is logged and reported in `collisions`, never shadowed silently.
 
+    A read by URI goes to the server listing it as a concrete resource, else to the most specific
+    matching template (longest literal prefix), never to the first server in name order. Catch-all
+    templates (`is_catch_all`) are refused: neither listed nor routed to, and reported in
+    `collisions`; so are two servers' templates sharing one literal prefix.
+
     `cache` (server name -> exposed listing) carries the per-listing work across rebuilds.
     """
     cache = {} if cache is None else cache
     tools: dict[str, Route] = {}
     prompts: dict[str, Route] = {}
     resources: dict[str, Route] = {}
-    templates: list[tuple[UriTemplate, Route]] = []
     tools_wire: list[dict[str, Any]] = []
     prompts_wire: list[dict[str, Any]] = []
     resources_wire: list[dict[str, Any]] = []
@@ -143,6 +174,8 @@ def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | Non
     collisions: list[str] = []
 
     template_owners: dict[str, str] = {}
+    prefix_owners: dict[str, tuple[str, str]] = {}
+    ordered: list[tuple[tuple[int, int, str, str], UriTemplate, Route]] = []
 
     def clash(kind: str, name: str, first: str, second: str) -> None:
         message = f"{kind} {name!r} of server {second!r} is hidden: server {first!r} already serves it"
@@ -177,15 +210,33 @@ def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | Non
             if (first := template_owners.get(raw)) is not None:
                 clash("resource template", raw, first, server)
                 continue
+            if is_catch_all(raw):
+                message = (
+                    f"resource template {raw!r} of server {server!r} is refused: it would take URIs meant for "
+                    "other servers (a template must start with its scheme, e.g. `notes://{id}`)"
+                )
+                logger.warning("%s", message)
+                collisions.append(message)
+                continue
             try:
                 parsed = UriTemplate.parse(raw)
             except InvalidUriTemplate:
                 logger.warning("server %r: resource template %r is invalid; skipped", server, raw)
                 continue
+            prefix = literal_prefix(raw)
+            if (sharer := prefix_owners.get(prefix)) is not None and sharer[0] != server:
+                message = (
+                    f"resource template {raw!r} of server {server!r} shares the literal prefix {prefix!r} with "
+                    f"{sharer[1]!r} of server {sharer[0]!r}: a URI both match goes to {sharer[0]!r}"
+                )
+                logger.warning("%s", message)
+                collisions.append(message)
+            prefix_owners.setdefault(prefix, (server, raw))
             template_owners[raw] = server
-            templates.append((parsed, Route(server, raw)))
+            ordered.append(((*_specificity(raw), server, raw), parsed, Route(server, raw)))
             templates_wire.append(wire)
 
+    templates = [(parsed, route) for _, parsed, route in sorted(ordered, key=lambda item: item[0])]
     return Routes(
         tools=tools,
         prompts=prompts,

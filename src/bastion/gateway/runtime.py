@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 Transport = Literal["stdio", "streamable-http", "sse"]
 
 
-async def _no_secrets(name: str) -> str | None:
+async def _no_secrets(server: str, name: str) -> str | None:
     return None
 
 

@@ -16,7 +16,6 @@ import enum
 import functools
 import logging
 import math
-import os
 import re
 import ssl
 import sys
@@ -47,17 +46,19 @@ from pydantic import TypeAdapter
 
 from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
-from bastion.errors import NeedsAuthorizationError, UpstreamError
+from bastion.errors import NeedsAuthorizationError, SecretNotAllowedError, UpstreamError
 from bastion.gateway.auth import UpstreamBearerAuth
 from bastion.gateway.rawhttp import LimitExceeded, RawHTTPError
 from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
 from bastion.oauth.api import TokenProvider
+from bastion.text import strip_userinfo
 
 logger = logging.getLogger(__name__)
 
-SecretLookup = Callable[[str], Awaitable[str | None]]
-"""Reads a user secret by name (the store's `get_secret`); None when it is not set."""
+SecretLookup = Callable[[str, str], Awaitable[str | None]]
+"""`(server, name)`: the stored secret `name` when it is set for `server` (`Bastion.secret_for`);
+None when it is not set; raises `SecretNotAllowedError` when it is set for other servers only."""
 
 CLIENT_INFO: Final = types.Implementation(name="bastion", version="0.1.0")
 STABLE_AFTER: Final = 30.0
@@ -153,32 +154,46 @@ def transport_kind(entry: CatalogEntry) -> str:
 
 
 def expand_variables(value: str, variables: Mapping[str, str], *, server: str, where: str) -> str:
-    """Replace each `${VAR}` by `variables[VAR]`, else the environment; a missing one is an error."""
+    """Replace each `${VAR}` by `variables[VAR]` (what the entry declares); never the gateway's
+    environment, so an entry cannot read the store key or another server's variables. A missing
+    one is an error."""
 
     def substitute(match: re.Match[str]) -> str:
         name = match.group(1)
-        found = variables.get(name, os.environ.get(name))
+        found = variables.get(name)
         if found is None:
             raise UpstreamError(
-                f"server {server!r}: {where} uses ${{{name}}}, which is not set",
-                hint=f"set the environment variable {name} or a secret for it (`bastion secret set NAME`)",
+                f"server {server!r}: {where} uses ${{{name}}}, which the entry does not declare",
+                hint=f"declare it in the entry's `secrets` (`{{name: SECRET_NAME, env: {name}}}`, then "
+                f"`bastion secret set SECRET_NAME --server {server}`); the gateway's environment is never read",
             )
         return found
 
     return _VARIABLE.sub(substitute, value)
 
 
+def declared_variables(entry: CatalogEntry, secrets: Mapping[str, str]) -> dict[str, str]:
+    """What `${VAR}` in a header may name: the entry's secrets (`resolve_secrets`) and its own `env`
+    values (themselves expanded from its secrets)."""
+    declared = dict(secrets)
+    for spec in entry.env:
+        declared[spec.name] = expand_variables(spec.value, secrets, server=entry.name, where=f"env {spec.name}")
+    return declared
+
+
 async def resolve_secrets(entry: CatalogEntry, secret_lookup: SecretLookup) -> dict[str, str]:
-    """The entry's secrets as `{env var name: value}`: the store first, then the environment."""
+    """The entry's secrets as `{env var name: value}` (and by secret name), from the store, each
+    only when it was set for this server. Never from the gateway's environment."""
     values: dict[str, str] = {}
     for spec in entry.secrets:
-        value = await secret_lookup(spec.name)
-        if value is None:
-            value = os.environ.get(spec.env)
+        try:
+            value = await secret_lookup(entry.name, spec.name)
+        except SecretNotAllowedError as exc:
+            raise UpstreamError(f"server {entry.name!r}: {exc.args[0]}", hint=exc.hint) from None
         if value is None:
             raise UpstreamError(
                 f"server {entry.name!r} needs the secret {spec.name!r}",
-                hint=f"run `bastion secret set {spec.name}`",
+                hint=f"run `bastion secret set {spec.name} --server {entry.name}`",
             )
         values[spec.env] = value
         values.setdefault(spec.name, value)
@@ -411,7 +426,7 @@ class Upstream:
         remote = entry.remote
         assert remote is not None
         headers = {
-            key: expand_variables(value, secrets, server=self.name, where=f"header {key}")
+            key: expand_variables(value, declared_variables(entry, secrets), server=self.name, where=f"header {key}")
             for key, value in remote.headers.items()
         }
         auth: UpstreamBearerAuth | None = None
@@ -558,7 +573,7 @@ class Upstream:
         self._on_change(self)
 
     def _park(self, state: UpstreamState, error: str) -> None:
-        self.last_error = error
+        self.last_error = strip_userinfo(error)  # shown by /health and /ui
         self.listing = EMPTY_LISTING
         self.protocol_version = None
         self._set_state(state)

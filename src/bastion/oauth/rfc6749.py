@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, urlencode, urlsplit, urlunsplit
@@ -33,6 +34,8 @@ __all__ = [
 ]
 
 _MAX_DESCRIPTION = 300
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750 §2.1 `b64token`: all an access token may be, since it goes into `Authorization: Bearer`."""
 
 
 def build_authorization_url(
@@ -219,7 +222,8 @@ def parse_token_response(
 ) -> TokenSet:
     """The token set of a token endpoint response (§5.1), or the error it carries (§5.2).
 
-    On success: `access_token` must be a non-empty string and `token_type` Bearer (any case;
+    On success: `access_token` must be a non-empty RFC 6750 `b64token` (§2.1 of RFC 6750; it is sent
+    as `Authorization: Bearer <token>`) and `token_type` Bearer (any case;
     a missing `token_type` is taken as Bearer, since some servers omit it); `expires_at` is
     `now + expires_in`; `scopes` are the returned `scope`, else the requested ones (§5.1);
     the previous refresh token is kept when none is returned (§6).
@@ -237,6 +241,14 @@ def parse_token_response(
     access_token = data.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise TokenError(f"token endpoint {endpoint} answered without an access_token")
+    if _B64TOKEN.fullmatch(access_token) is None:
+        # Not quoted: a value with CR/LF, spaces or other bytes would corrupt the Authorization
+        # header (or smuggle another one), and it is a secret all the same.
+        raise TokenError(
+            f"token endpoint {endpoint} issued an access token that is not an RFC 6750 b64token "
+            f"({len(access_token)} characters; only A-Z a-z 0-9 - . _ ~ + / and trailing = are allowed)",
+            hint="report it to the server's operator; the token was not stored or used",
+        )
     token_type = data.get("token_type", "Bearer")
     if not isinstance(token_type, str) or token_type.lower() != "bearer":
         shown = _clean(token_type if isinstance(token_type, str) else type(token_type).__name__)

@@ -10,9 +10,17 @@ Keys, under a prefix P (default `bastion:`; one Redis database can hold several 
     P lease:<server>    the holder of `lock(server)`: a random owner value, expiring after the lease TTL
     P events            pub/sub channel: {"server"|"secret": name, "kind": ..., "revision": ...}
 
-Sealed values are `0x01 || 96-bit random nonce || AES-256-GCM(ciphertext || tag)`, with the
-value's logical name (`record\\0<server>`, `secret\\0<name>`) as associated data, so a value
-moved to another name does not decrypt. Names, revisions and fencing tokens are in clear.
+Sealed values are `0x02 || 96-bit random nonce || AES-256-GCM(ciphertext || tag)`. The associated
+data binds each value to where it belongs: the key prefix, the kind and name (`record`/`secret`,
+the server or secret name) and, for a record, its revision. A value copied under another name or
+into another store's prefix does not decrypt, and neither does a record put back with another
+revision than the one it was sealed for. An older record with its own older revision restored
+beside it (a rollback) decrypts, and is refused because this process already saw a higher
+revision of that record (`_seen`, in memory). Names, revisions and fencing tokens are in clear.
+
+Values sealed by an older Bastion (`0x01`, associated data `record\\0<server>` or `secret\\0<name>`)
+are still read, and rewritten in the new format by their next write; once this process has read
+or written a record in the new format, an `0x01` one for that server is refused as a rollback.
 
 Every write is one Lua script (check, write, bump the revision, publish), so compare-and-set
 is atomic across gateways. A write made by a task that holds `lock(server)` also checks that
@@ -56,7 +64,11 @@ DEFAULT_LEASE_TTL = 10.0
 
 GENERATE_KEY = 'python -c "import secrets,base64;print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())"'
 
-_FORMAT = b"\x01"
+_LEGACY = b"\x01"
+"""Associated data: the value's kind and name only (no prefix, no revision). Read, never written."""
+_FORMAT = b"\x02"
+"""Associated data: `_associated_data` (prefix, kind, name, revision)."""
+_WRITE_ATTEMPTS = 20
 _NONCE_BYTES = 12
 _KEYCHECK_NAME = b"keycheck"
 _KEYCHECK_PLAINTEXT = b"bastion store key check"
@@ -94,7 +106,7 @@ def parse_store_key(text: str | None) -> bytes:
 
 
 class _Sealer:
-    """AES-256-GCM with a random 96-bit nonce per value and the value's name as associated data."""
+    """AES-256-GCM with a random 96-bit nonce per value and where it belongs as associated data."""
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
@@ -102,19 +114,27 @@ class _Sealer:
     def __repr__(self) -> str:
         return "_Sealer(***)"
 
-    def seal(self, name: bytes, plaintext: bytes) -> bytes:
+    def seal(self, name: bytes, plaintext: bytes, *, version: bytes = _LEGACY) -> bytes:
         nonce = os.urandom(_NONCE_BYTES)
-        return _FORMAT + nonce + self._aead.encrypt(nonce, plaintext, name)
+        return version + nonce + self._aead.encrypt(nonce, plaintext, name)
 
-    def open(self, name: bytes, sealed: bytes) -> bytes | None:
+    def open(self, name: bytes, sealed: bytes, *, version: bytes = _LEGACY) -> bytes | None:
         """The plaintext, or None if the key is wrong or the value was altered or moved."""
-        if not sealed.startswith(_FORMAT) or len(sealed) < 1 + _NONCE_BYTES + 16:
+        if not sealed.startswith(version) or len(sealed) < 1 + _NONCE_BYTES + 16:
             return None
         nonce, ciphertext = sealed[1 : 1 + _NONCE_BYTES], sealed[1 + _NONCE_BYTES :]
         try:
             return self._aead.decrypt(nonce, ciphertext, name)
         except InvalidTag:
             return None
+
+
+def _associated_data(prefix: str, kind: bytes, name: str, revision: int | None = None) -> bytes:
+    """Where a value belongs, unambiguously: each part length-prefixed."""
+    parts = [b"bastion-store-v2", prefix.encode("utf-8", "surrogatepass"), kind, _encode(name)]
+    if revision is not None:
+        parts.append(str(revision).encode())
+    return b"".join(len(part).to_bytes(4, "big") + part for part in parts)
 
 
 def _record_name(server: str) -> bytes:
@@ -139,7 +159,7 @@ def _decode(name: bytes) -> str:
 
 _WRITE = """
 local records, revisions, lease = KEYS[1], KEYS[2], KEYS[3]
-local server, data, expected, owner, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local server, data, expected, owner, channel, sealed_for = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 if owner ~= '' and redis.call('GET', lease) ~= owner then return -1 end
 local revision = tonumber(redis.call('HGET', revisions, server) or '0')
 if expected ~= '' then
@@ -148,12 +168,14 @@ if expected ~= '' then
   if current ~= tonumber(expected) then return 0 end
 end
 revision = revision + 1
+if revision ~= tonumber(sealed_for) then return -2 end
 redis.call('HSET', records, server, data)
 redis.call('HSET', revisions, server, revision)
 redis.call('PUBLISH', channel, cjson.encode({server = server, kind = 'changed', revision = revision}))
 return revision
 """
-"""-> the new revision; 0: `expected` is not the current revision; -1: the caller's lease is gone."""
+"""-> the new revision; 0: `expected` is not the current revision; -1: the caller's lease is gone;
+-2: `data` was sealed for another revision than the one it would get (someone wrote meanwhile)."""
 
 _DELETE = """
 local records, lease = KEYS[1], KEYS[2]
@@ -248,6 +270,10 @@ class RedisStore:
         self._degraded = False
         self._closed = False
         self._local_locks: dict[str, anyio.Semaphore] = {}
+        self._seen: dict[str, int] = {}
+        """The highest revision of each record this process read or wrote: an older one is a rollback."""
+        self._upgraded: set[str] = set()
+        """Records this process read or wrote in the current format: an `_LEGACY` one is a rollback."""
         # The leases held by the current task (and the tasks it starts): server -> owner value.
         self._held: ContextVar[Mapping[str, str]] = ContextVar(f"bastion-redis-leases-{id(self)}", default=_NO_LEASES)
 
@@ -338,14 +364,30 @@ class RedisStore:
     async def _write(self, record: ProviderRecord, expected_revision: int | None) -> ProviderRecord | None:
         await self._check_key()
         server = record.server
+        field = _encode(server)
         written = record.model_copy(update={"revision": 0, "updated_at": time.time()})
-        sealed = self._sealer.seal(_record_name(server), written.model_dump_json(exclude={"revision"}).encode())
+        plaintext = written.model_dump_json(exclude={"revision"}).encode()
         owner = self._held.get().get(server, "")
         expected = "" if expected_revision is None else str(expected_revision)
-        with self._talking():
-            revision = await self._write_script(
-                keys=[self._keys["records"], self._keys["revisions"], self._lease_key(server)],
-                args=[_encode(server), sealed, expected, owner, self._channel],
+        # The revision is part of the associated data, so seal for the one the write will get and
+        # let the script refuse (-2) when another write took it first; then seal again.
+        for _ in range(_WRITE_ATTEMPTS):
+            with self._talking():
+                counter = await self._redis.hget(self._keys["revisions"], field)
+            sealed_for = int(counter or 0) + 1
+            sealed = self._sealer.seal(self._record_data(server, sealed_for), plaintext, version=_FORMAT)
+            with self._talking():
+                revision = await self._write_script(
+                    keys=[self._keys["records"], self._keys["revisions"], self._lease_key(server)],
+                    args=[field, sealed, expected, owner, self._channel, str(sealed_for)],
+                )
+            if revision != -2:
+                break
+        else:
+            raise StoreError(
+                f"the record of {server!r} in Redis at {self.where} changed {_WRITE_ATTEMPTS} times while "
+                "this write was sealed",
+                hint="retry; other gateways are writing it constantly",
             )
         if revision == -1:
             if expected_revision is not None:
@@ -353,18 +395,39 @@ class RedisStore:
             raise _lease_lost(server, self.lease_ttl)
         if revision == 0:
             return None
+        self._saw(server, int(revision))
         return written.model_copy(update={"revision": int(revision)})
+
+    def _record_data(self, server: str, revision: int) -> bytes:
+        return _associated_data(self.prefix, b"record", server, revision)
+
+    def _saw(self, server: str, revision: int) -> None:
+        self._seen[server] = max(revision, self._seen.get(server, 0))
+        self._upgraded.add(server)
 
     def _open_record(self, server: str, sealed: bytes, revision: bytes | None) -> ProviderRecord:
         what = f"the record of {server!r}"
-        plaintext = self._open(_record_name(server), sealed, what)
+        number = int(revision or 0)
+        if sealed.startswith(_LEGACY):
+            if server in self._upgraded:
+                raise _rolled_back(what, self.where, server, "it is sealed the way an older Bastion sealed it")
+            plaintext = self._open(_record_name(server), sealed, what)
+        else:
+            plaintext = self._open(self._record_data(server, number), sealed, what, version=_FORMAT)
+        seen = self._seen.get(server, 0)
+        if number < seen:
+            raise _rolled_back(what, self.where, server, f"revision {number} is older than revision {seen} read before")
         try:
             record = ProviderRecord.model_validate_json(plaintext)
         except ValidationError as exc:
             raise self._corrupt(what, exc, f"run `bastion oauth authorize {server}`") from None
         if record.server != server:  # cannot happen unless sealed under its name by this key
             raise StoreError(f"{what} in Redis at {self.where} names {record.server!r}")
-        return record.model_copy(update={"revision": int(revision or 0)})
+        if sealed.startswith(_FORMAT):
+            self._saw(server, number)
+        else:
+            self._seen[server] = max(number, seen)
+        return record.model_copy(update={"revision": number})
 
     # -- lock and events
 
@@ -507,11 +570,18 @@ class RedisStore:
         if sealed is None:
             return None
         assert isinstance(sealed, bytes)
-        return self._open(_secret_name(name), sealed, f"the secret {name!r}").decode("utf-8", "surrogatepass")
+        what = f"the secret {name!r}"
+        if sealed.startswith(_LEGACY):
+            plaintext = self._open(_secret_name(name), sealed, what)
+        else:
+            plaintext = self._open(_associated_data(self.prefix, b"secret", name), sealed, what, version=_FORMAT)
+        return plaintext.decode("utf-8", "surrogatepass")
 
     async def set_secret(self, name: str, value: str) -> None:
         await self._check_key()
-        sealed = self._sealer.seal(_secret_name(name), value.encode("utf-8", "surrogatepass"))
+        sealed = self._sealer.seal(
+            _associated_data(self.prefix, b"secret", name), value.encode("utf-8", "surrogatepass"), version=_FORMAT
+        )
         with self._talking():
             await self._set_secret_script(keys=[self._keys["secrets"]], args=[_encode(name), sealed, self._channel])
 
@@ -542,6 +612,10 @@ class RedisStore:
         with self._talking():
             sealed = await self._redis.get(keycheck)
             if sealed is None:
+                if self._seen:  # the store was emptied (a Redis restart without persistence, FLUSHDB)
+                    logger.warning("the store in Redis at %s is new: forgetting the revisions read before", self.where)
+                    self._seen.clear()
+                    self._upgraded.clear()
                 await self._redis.set(keycheck, self._sealer.seal(_KEYCHECK_NAME, _KEYCHECK_PLAINTEXT), nx=True)
                 sealed = await self._redis.get(keycheck)
         if sealed is None:
@@ -555,8 +629,8 @@ class RedisStore:
             )
         self._key_checked = True
 
-    def _open(self, name: bytes, sealed: bytes, what: str) -> bytes:
-        plaintext = self._sealer.open(name, sealed)
+    def _open(self, name: bytes, sealed: bytes, what: str, *, version: bytes = _LEGACY) -> bytes:
+        plaintext = self._sealer.open(name, sealed, version=version)
         if plaintext is None:
             raise StoreKeyError(
                 f"cannot decrypt {what} in Redis at {self.where}: "
@@ -620,6 +694,14 @@ def _parse_event(data: object) -> StoreEvent | None:
     if wire.server is None:  # a secret changed: `watch()` reports records only, like FileStore
         return None
     return StoreEvent(server=wire.server, kind=wire.kind, revision=wire.revision)
+
+
+def _rolled_back(what: str, where: str, server: str, why: str) -> StoreError:
+    return StoreError(
+        f"{what} in Redis at {where} was rolled back ({why}); refused",
+        hint=f"someone with write access to Redis put an older copy back: check who can write to it, then run "
+        f"`bastion oauth authorize {server}` (if Redis was emptied on purpose, restart the gateways)",
+    )
 
 
 def _lock_timeout(server: str, timeout: float, why: str) -> StoreLockTimeout:

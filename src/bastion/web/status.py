@@ -12,6 +12,7 @@ from typing import Protocol
 
 from bastion.config.catalog import CatalogEntry
 from bastion.store.models import ProviderRecord, ProviderState
+from bastion.text import strip_userinfo
 
 
 class UpstreamStatusRow(Protocol):
@@ -132,7 +133,7 @@ def oauth_view(record: ProviderRecord | None, now: float) -> OAuthView:
     issuer = tokens.issuer if tokens is not None else (client.issuer if client is not None else None)
     return OAuthView(
         state=record.state(now),
-        issuer=issuer,
+        issuer=strip_userinfo(issuer) if issuer is not None else None,
         client_id=client.client_id if client is not None else None,
         client_source=client.source if client is not None else None,
         granted_scopes=tuple(tokens.scopes) if tokens is not None else (),
@@ -140,7 +141,7 @@ def oauth_view(record: ProviderRecord | None, now: float) -> OAuthView:
         expires_at=tokens.expires_at if tokens is not None else None,
         refreshable=tokens is not None and bool(tokens.refresh_token),
         has_tokens=tokens is not None,
-        last_error=record.last_error,
+        last_error=strip_userinfo(record.last_error) if record.last_error else None,
     )
 
 
@@ -189,7 +190,7 @@ def snapshot(
                 connection=str(row.state) if row is not None else NOT_RUNNING,
                 tools=row.tools if row is not None else None,
                 oauth=oauth,
-                last_error=next((e for e in errors if e), None),
+                last_error=next((strip_userinfo(e) for e in errors if e), None),
             )
         )
     enabled_set = set(enabled)

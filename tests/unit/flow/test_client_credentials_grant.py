@@ -125,7 +125,7 @@ async def test_the_service_resolves_the_secret_from_the_store(tmp_path: Path) ->
     async with Bastion.open(tmp_path) as app:
         assert await app.client_credentials("plain") is None
         assert await app.client_credentials("unknown") is None
-        with pytest.raises(ConfigError, match="bastion secret set svc.secret"):
+        with pytest.raises(ConfigError, match="bastion secret set oauth:svc.secret --server svc"):
             await app.client_credentials("svc")
         await app.store.set_secret("svc.secret", SECRET)
         found = await app.client_credentials("svc")
