@@ -272,7 +272,8 @@ class TokenManager:
         """Under the store lock: adopt a token another process obtained, else run the grant."""
         now = self._clock()
         tokens = record.tokens if record is not None and not record.needs_authorization else None
-        if tokens is not None and tokens.access_token != stale and (force or not tokens.expired(now, self._margin)):
+        fresh = tokens is not None and (force or not tokens.expired(now, self.margin_for(tokens)))
+        if tokens is not None and tokens.access_token != stale and fresh:
             self._cache[server] = tokens
             return tokens.access_token
         previous = record.tokens if record is not None else None
