@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import anyio
 import httpx2
 
 from bastion.errors import BastionError, InvalidGrantError, NeedsAuthorizationError, StoreError, TokenError
@@ -79,6 +80,7 @@ class TokenManager:
         refresh_margin: float = 60.0,
         clock: Clock = time.time,
         lock_timeout: float = 30.0,
+        refresh_timeout: float = 30.0,
         client_credentials: ClientCredentialsLookup | None = None,
     ) -> None:
         self._store = store
@@ -87,6 +89,9 @@ class TokenManager:
         self._margin = refresh_margin
         self._clock = clock
         self._lock_timeout = lock_timeout
+        self._refresh_timeout = refresh_timeout
+        """The deadline of one token request made while holding the server's store lock (every other
+        refresher of that server, in any process, waits for the lock)."""
         self._cache: dict[str, TokenSet] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unsaved: dict[str, tuple[ProviderRecord, TokenSet]] = {}
@@ -228,7 +233,10 @@ class TokenManager:
             try:
                 self.refresh_count += 1
                 logger.info("refreshing the access token of %s (holding its store lock)", server)
-                new_tokens = await refresh_tokens(self._http, record, now=now)
+                with anyio.fail_after(self._refresh_timeout):
+                    new_tokens = await refresh_tokens(self._http, record, now=now)
+            except TimeoutError:
+                raise self._timed_out(server) from None
             except InvalidGrantError as exc:
                 said = exc.error_description or "the refresh token was rejected"
                 await self._store.put(
@@ -260,6 +268,15 @@ class TokenManager:
             logger.info("refreshed the access token of %s", server)
             return new_tokens.access_token
 
+    def _timed_out(self, server: str) -> TokenError:
+        """A token request made under the store lock ran past `refresh_timeout` and was given up: a
+        token endpoint that trickles its answer must not hold the lock (and every other refresher of
+        the server, in any process) forever. Nothing was stored."""
+        return TokenError(
+            f"the token endpoint of {server} did not answer within {self._refresh_timeout:g}s",
+            hint="try again later; if it keeps happening, the authorization server is overloaded or misbehaving",
+        )
+
     async def _client_credentials_locked(
         self,
         server: str,
@@ -281,9 +298,12 @@ class TokenManager:
         record = record or ProviderRecord(server=server, resource_url=credentials.server_url)
         try:
             self.refresh_count += 1
-            new_tokens = await client_credentials.obtain(
-                self._http, credentials, previous=previous, extra_scopes=extra, now=now
-            )
+            with anyio.fail_after(self._refresh_timeout):
+                new_tokens = await client_credentials.obtain(
+                    self._http, credentials, previous=previous, extra_scopes=extra, now=now
+                )
+        except TimeoutError:
+            raise self._timed_out(server) from None  # the server may answer again soon: keep the record
         except BastionError as exc:
             # Retrying with a person in the loop would not help: the configuration or the server is wrong.
             await self._store.put(record.model_copy(update={"tokens": None, "last_error": str(exc)}))

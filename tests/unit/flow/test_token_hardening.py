@@ -4,13 +4,21 @@ token set was obtained for."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx2
 import pytest
 from tests.unit.flow.world import MCP, World
 
 from bastion.config.catalog import ClientCredentialsSpec
+from bastion.errors import TokenError
 from bastion.oauth.client_credentials import ClientCredentials
 from bastion.oauth.tokens import TokenManager
 from bastion.store.file import FileStore
+from bastion.store.models import ClientRegistration, ProviderRecord, TokenSet
 
 pytestmark = pytest.mark.anyio
 
@@ -34,3 +42,58 @@ async def test_a_short_lived_client_credentials_token_from_another_process_is_ad
         assert token is not None
         assert await second.fresh_token("demo") == token
     assert [f["grant_type"] for f in world.token_forms] == ["client_credentials"]
+
+
+@pytest.fixture
+async def dripping_token_endpoint() -> AsyncIterator[str]:
+    """A token endpoint on a real socket that sends its headers, then one body byte every 0.2 s,
+    forever (each read is quick, so no per-read timeout ever fires)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{")
+            for _ in range(600):
+                await asyncio.sleep(0.2)
+                writer.write(b" ")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/token"
+    finally:
+        server.close()
+        for task in asyncio.all_tasks():
+            if task.get_coro().__qualname__.startswith("dripping_token_endpoint"):  # type: ignore[union-attr]
+                task.cancel()
+
+
+async def test_a_refresh_that_never_ends_gives_up_and_frees_the_store_lock(
+    store: FileStore, dripping_token_endpoint: str
+) -> None:
+    """Point 8: the refresh runs under the server's store lock; a token endpoint that never finishes
+    its answer must not hold that lock (and every other refresher of the server) forever."""
+    tokens = TokenSet(
+        access_token="at-old",
+        refresh_token="rt-old",
+        expires_at=time.time() - 1,
+        issuer="http://127.0.0.1:9/auth",
+        token_endpoint=dripping_token_endpoint,
+        resource=MCP,
+        client_id="client-1",
+    )
+    client = ClientRegistration(client_id="client-1", issuer="http://127.0.0.1:9/auth")
+    await store.put(ProviderRecord(server="demo", resource_url=MCP, client=client, tokens=tokens))
+    async with httpx2.AsyncClient(trust_env=False) as http:
+        manager = TokenManager(store, http, refresh_timeout=1.0)
+        await manager.load("demo")
+        with anyio.fail_after(10):
+            with pytest.raises(TokenError, match="did not answer within"):
+                await manager.fresh_token("demo")
+            async with store.lock("demo", timeout=2):
+                pass
