@@ -22,6 +22,9 @@ class FakeTokens:
         self.calls.append("cached")
         return self.token
 
+    def obtained_for(self, server: str) -> str | None:
+        return None
+
     def needs_refresh(self, server: str) -> bool:
         return self.stale
 

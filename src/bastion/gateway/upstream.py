@@ -48,7 +48,7 @@ from pydantic import TypeAdapter
 from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import NeedsAuthorizationError, UpstreamError
-from bastion.gateway.auth import UpstreamBearerAuth
+from bastion.gateway.auth import UpstreamBearerAuth, plain_http_problem, token_destination_problem
 from bastion.gateway.rawhttp import RawHTTPError
 from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
@@ -416,9 +416,7 @@ class Upstream:
         }
         auth: UpstreamBearerAuth | None = None
         if entry.uses_oauth and self._token_provider is not None:
-            if await self._token_provider.fresh_token(self.name) is None:
-                raise NeedsAuthorizationError("no access token is stored")
-            auth = UpstreamBearerAuth(self.name, self._token_provider, self._needs_authorization)
+            auth = await self._bearer_auth(self._token_provider, remote.url)
         timeout = httpx2.Timeout(self.settings.connect_timeout, read=max(SSE_READ_TIMEOUT, self._request_timeout))
         if self.transport == "sse":
             transport = sse_client(
@@ -439,6 +437,23 @@ class Upstream:
             http_client.event_hooks["response"].append(wire.observe)
         await stack.enter_async_context(http_client)
         return streamable_http_client(remote.url, http_client=http_client), wire
+
+    async def _bearer_auth(self, provider: TokenProvider, url: str) -> UpstreamBearerAuth:
+        """The session's token injection, once it is clear the token may go to `url` (checked here,
+        at connect time, not per request): over https or to loopback, and only to the URL the token
+        was obtained for. Otherwise the server needs authorization (or a fixed URL)."""
+        problem = plain_http_problem(url)
+        if problem is not None:
+            raise UpstreamError(f"server {self.name!r}: {problem}", hint="use an https URL in its catalog entry")
+        obtained_for = provider.obtained_for(self.name)
+        if obtained_for is not None and (problem := token_destination_problem(url, obtained_for)) is not None:
+            raise NeedsAuthorizationError(problem)  # before a refresh: that token is not for this URL
+        if await provider.fresh_token(self.name) is None:
+            raise NeedsAuthorizationError("no access token is stored")
+        problem = token_destination_problem(url, provider.obtained_for(self.name))
+        if problem is not None:
+            raise NeedsAuthorizationError(problem)
+        return UpstreamBearerAuth(self.name, provider, self._needs_authorization)
 
     def _wire_channel(
         self, url: str, http_client: httpx2.AsyncClient, auth: UpstreamBearerAuth | None

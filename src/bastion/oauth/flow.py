@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import httpx2
 
 from bastion.errors import AuthorizationError, CallbackTimeout, InvalidGrantError, StateMismatchError, TokenError
-from bastion.oauth import rfc6749, rfc7636, rfc9207
+from bastion.oauth import rfc6749, rfc7636, rfc8707, rfc9207
 from bastion.oauth.callback import AuthorizationResponse, LoopbackCallback
 from bastion.oauth.discovery import Discovery, discover, select_scopes
 from bastion.oauth.registration import ensure_client, pin_issuer, pinned, redirect_uri_for
@@ -186,7 +186,7 @@ async def exchange_code(http: httpx2.AsyncClient, pending: PendingAuthorization,
         )
     except httpx2.TransportError as exc:
         raise TokenError(f"cannot reach the token endpoint: {type(exc).__name__}", hint="try again") from None
-    return rfc6749.parse_token_response(
+    tokens = rfc6749.parse_token_response(
         response.status_code,
         response.content,
         now=time.time(),
@@ -197,6 +197,8 @@ async def exchange_code(http: httpx2.AsyncClient, pending: PendingAuthorization,
         client_id=pending.client.client_id,
         requested_scopes=pending.scopes,
     )
+    # The gateway sends these tokens to this URL only (issue 12: a token follows its URL, not a name).
+    return tokens.model_copy(update={"obtained_for": rfc8707.canonical_resource(pending.options.server_url)})
 
 
 async def complete(
