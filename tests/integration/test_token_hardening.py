@@ -121,7 +121,8 @@ def refusing_factory() -> Iterator[Any]:
 
 
 def state_of(health: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(u for u in health["upstreams"] if u["name"] == name)
+    """The upstream `name` in a /health answer ({} while it is being replaced after a catalog edit)."""
+    return next((u for u in health["upstreams"] if u["name"] == name), {})
 
 
 async def test_a_catalog_edit_pointing_the_name_elsewhere_gets_no_token(
@@ -135,13 +136,14 @@ async def test_a_catalog_edit_pointing_the_name_elsewhere_gets_no_token(
     home.run("oauth", "authorize", "protected", "--callback-port", "0", "--timeout", "60")
     elsewhere = refusing_factory(oidc.issuer)
     with GatewayProcess(home) as gateway:
-        gateway.wait_health(lambda h: state_of(h, "protected")["state"] == "ready")
+        gateway.wait_health(lambda h: state_of(h, "protected").get("state") == "ready")
         before = refreshes(oidc)
         home.write_catalog({"protected": remote_entry(elsewhere.url)})
-        health = gateway.wait_health(lambda h: state_of(h, "protected")["state"] == "needs-authorization")
-        error = state_of(health, "protected")["last_error"] or ""
+        health = gateway.wait_health(lambda h: state_of(h, "protected").get("state") == "needs-authorization")
+        error = state_of(health, "protected").get("last_error") or ""
         time.sleep(1.0)  # room for a (wrong) refresh after the 401
-        assert elsewhere.bearers() == []
+        sent = len(elsewhere.bearers())  # a count: a failure must not print the tokens
+        assert sent == 0
         assert refreshes(oidc) == before
     assert "URL changed" in error and elsewhere.url in error
     assert "bastion oauth authorize protected" in error
@@ -159,11 +161,12 @@ async def test_a_server_refusing_every_token_costs_one_refresh(
     home.run("oauth", "authorize", "hostile", "--callback-port", "0", "--timeout", "60")
     assert refreshes(oidc) == 0
     with GatewayProcess(home) as gateway:
-        health = gateway.wait_health(lambda h: state_of(h, "hostile")["state"] == "needs-authorization")
+        health = gateway.wait_health(lambda h: state_of(h, "hostile").get("state") == "needs-authorization")
         time.sleep(4.0)  # a storm would go on meanwhile
         health = gateway.health()
         assert refreshes(oidc) <= 1
-        assert len(hostile.bearers()) <= 6
+        sent = len(hostile.bearers())
+        assert sent <= 6
     upstream = state_of(health, "hostile")
-    assert upstream["state"] == "needs-authorization"
-    assert "bastion oauth authorize hostile" in (upstream["last_error"] or "")
+    assert upstream.get("state") == "needs-authorization"
+    assert "bastion oauth authorize hostile" in (upstream.get("last_error") or "")
