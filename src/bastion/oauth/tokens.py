@@ -322,18 +322,16 @@ class TokenManager:
         """Under the store lock: adopt a token another process obtained for this URL, else run the grant."""
         now = self._clock()
         url = canonical_url(credentials.server_url)
-        tokens = record.tokens if record is not None and not record.needs_authorization else None
-        if record is not None and tokens is not None:
-            tokens = bound(record, tokens)
-            if tokens.obtained_for != url:
-                tokens = None  # obtained for another URL (the catalog changed): a new grant for this one
+        previous = bound(record, record.tokens) if record is not None and record.tokens is not None else None
+        if previous is not None and previous.obtained_for != url:
+            previous = None  # obtained for another URL (the catalog changed): discover and grant for this one
+        tokens = previous if record is not None and not record.needs_authorization else None
         fresh = tokens is not None and (force or not tokens.expired(now, self.margin_for(tokens)))
         if tokens is not None and tokens.access_token != stale and fresh:
             self._cache[server] = tokens
             return tokens.access_token
         if force and tokens is not None and _refused_again(server, tokens):
             return None
-        previous = record.tokens if record is not None else None
         extra = record.requested_scopes if record is not None else []
         record = record or ProviderRecord(server=server, resource_url=credentials.server_url)
         try:
