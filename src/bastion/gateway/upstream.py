@@ -290,6 +290,9 @@ class Upstream:
         self._reconnect = anyio.Event()
         self._relist = anyio.Event()
         self._auth_problem: str | None = None
+        self._refused: str | None = None
+        """The access token the server refused last (memory only, never shown): reconnecting with the
+        same one again backs off (`_back_off_refused`)."""
         self._connect_scope: anyio.CancelScope | None = None
         self._request_timeout = settings.request_timeout
 
@@ -298,6 +301,7 @@ class Upstream:
     async def run(self) -> None:
         """Supervise the upstream until cancelled. Never raises for the upstream's own failures."""
         failures = 0
+        refusals = 0
         while True:
             self._stop = anyio.Event()
             self._reconnect = anyio.Event()
@@ -325,6 +329,9 @@ class Upstream:
                     f"{self._auth_problem}; run `bastion oauth authorize {self.name}`",
                 )
                 await self._reconnect.wait()
+                refusals = refusals + 1 if self._holds_refused_token() else 0
+                if refusals:
+                    await self._back_off_refused(min(BACKOFF_INITIAL * 2 ** (refusals - 1), BACKOFF_MAX))
                 failures = 0
                 continue
             if self._reconnect.is_set():
@@ -380,6 +387,7 @@ class Upstream:
                 self.protocol_version = session.protocol_version
                 self.listing = listing
                 self.last_error = None
+                self._refused = None
                 ready_at.append(anyio.current_time())
                 self._set_state(UpstreamState.READY)
                 async with anyio.create_task_group() as tg:
@@ -562,7 +570,21 @@ class Upstream:
         self._raw = None
         self._wire = None
 
+    def _holds_refused_token(self) -> bool:
+        provider = self._token_provider
+        return self._refused is not None and provider is not None and provider.cached_token(self.name) == self._refused
+
+    async def _back_off_refused(self, delay: float) -> None:
+        """A reconnect while the token held is still the one the server refused: wait `delay` first
+        (a server refusing every token is not asked again and again); a new token connects at once."""
+        with anyio.move_on_after(delay):
+            while self._holds_refused_token():
+                self._reconnect = anyio.Event()
+                await self._reconnect.wait()
+
     def _needs_authorization(self, reason: str) -> None:
+        # The token the server just refused (None when there is none, e.g. after a step-up).
+        self._refused = self._token_provider.cached_token(self.name) if self._token_provider is not None else None
         self._auth_problem = reason
         self._stop.set()
         if self._connect_scope is not None:
