@@ -142,7 +142,11 @@ class Runtime:
                 # (its token could not be refreshed while the store was unreachable).
                 if state is not UpstreamState.NEEDS_AUTHORIZATION:
                     continue
-            elif state is UpstreamState.READY and set(before.scopes) == set(after.scopes):
+            elif (
+                state is UpstreamState.READY
+                and set(before.scopes) == set(after.scopes)
+                and before.obtained_for == after.obtained_for  # for another URL: checked on connect
+            ):
                 # Refreshed by another gateway: requests read the Bearer from the cache, so the
                 # session goes on (a reconnect would fail the calls in flight on it).
                 logger.debug("credentials of %s refreshed elsewhere; using them", name)

@@ -83,13 +83,18 @@ async def web_upstream() -> AsyncIterator[tuple[str, RecordAuthorization]]:
 class Tokens:
     """TokenProvider fake: a fixed cached token; `refresh_after_401` hands out `renewed`."""
 
-    def __init__(self, token: str | None, renewed: str | None = None) -> None:
+    def __init__(self, token: str | None, renewed: str | None = None, *, url: str | None = None) -> None:
         self.token = token
         self.renewed = renewed
+        self.url = url
+        """The URL the tokens were obtained for (`obtained_for`)."""
         self.refreshes = 0
 
     def cached_token(self, server: str) -> str | None:
         return self.token
+
+    def obtained_for(self, server: str) -> str | None:
+        return self.url if self.token is not None else None
 
     def needs_refresh(self, server: str) -> bool:
         return False
@@ -204,7 +209,7 @@ async def test_remote_server_without_token_needs_authorization(web_upstream: tup
 async def test_rejected_token_is_refreshed_once_and_injected() -> None:
     recorder = RecordAuthorization(build("web").streamable_http_app(), require="good")
     async for base in serve_in_process(recorder):
-        tokens = Tokens("stale", renewed="good")
+        tokens = Tokens("stale", renewed="good", url=f"{base}/mcp")
         entry = remote_entry("web", f"{base}/mcp", oauth={"providers": [{"provider": "web"}]})
         async with Gateway([entry], FAST, token_provider=tokens) as gateway:
             assert gateway.status()[0].state is UpstreamState.READY
@@ -217,7 +222,7 @@ async def test_rejected_token_is_refreshed_once_and_injected() -> None:
 async def test_token_rejected_after_refresh_makes_the_server_need_authorization() -> None:
     recorder = RecordAuthorization(build("web").streamable_http_app(), require="never-issued")
     async for base in serve_in_process(recorder):
-        tokens = Tokens("stale", renewed="also-bad")
+        tokens = Tokens("stale", renewed="also-bad", url=f"{base}/mcp")
         entry = remote_entry("web", f"{base}/mcp", oauth={"providers": [{"provider": "web"}]})
         async with Gateway([entry], FAST, token_provider=tokens) as gateway:
             status = gateway.status()[0]

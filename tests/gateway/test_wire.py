@@ -414,7 +414,7 @@ async def test_log_messages_on_a_raw_reply_are_relayed(web: tuple[str, RecordAut
 async def test_401_on_the_raw_channel_is_refreshed_through_the_sdk_path_once() -> None:
     recorder = RecordAuthorization(build("web").streamable_http_app(), require="first")
     async for base in serve_in_process(recorder):
-        tokens = Tokens("first", renewed="second")
+        tokens = Tokens("first", renewed="second", url=f"{base}/mcp")
         entry = remote_entry("web", f"{base}/mcp", oauth={"providers": [{"provider": "web"}]})
         async with Gateway([entry], FAST, token_provider=tokens) as gateway:
             upstream = gateway.pool.upstreams["web"]

@@ -12,17 +12,24 @@ without a token is `needs-authorization`, not a gateway error.
 
 Only this object sets `Authorization` on upstream requests; nothing from a downstream request
 is ever copied to an upstream one. Token values never reach a log line or a message.
+
+Where a token may go is decided once, when the upstream connects (`token_destination_problem`):
+only to the URL it was obtained for (`TokenProvider.obtained_for`; a catalog edit or an imported
+entry that points a server's name at another URL gets no token), and never over plain http except
+to a loopback host. Requests then only read the token from memory.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Callable, Generator
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 
-from bastion.oauth import rfc6750
+from bastion.oauth import rfc6750, rfc8707
 from bastion.oauth.api import TokenProvider
+from bastion.oauth.rfc8252 import is_loopback_host
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +39,41 @@ def bearer_challenge_params(headers: list[str]) -> dict[str, str]:
     lower-cased keys; empty when there is none. The grammar lives in `bastion.oauth.rfc6750`."""
     challenge = rfc6750.bearer_challenge(rfc6750.parse_www_authenticate_headers(headers))
     return dict(challenge.params) if challenge is not None else {}
+
+
+def _shown(url: str) -> str:
+    """`url` for a message: scheme, host, port and path only (a query may carry a key)."""
+    try:
+        parts = urlsplit(rfc8707.canonical_resource(url))
+    except ValueError:
+        return "(not an absolute URL)"
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+
+
+def plain_http_problem(url: str) -> str | None:
+    """Why no OAuth token may be sent to `url` whatever it was obtained for: plain http to a host
+    that is not loopback (anyone on the path would read it). None when https, or http to loopback."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "http" and not is_loopback_host(parts.hostname or ""):
+        return f"its URL {_shown(url)} is plain http; Bastion sends OAuth tokens only over https (or to loopback)"
+    return None
+
+
+def token_destination_problem(url: str, obtained_for: str | None) -> str | None:
+    """Why the token obtained for `obtained_for` must not be sent to the server at `url`, or None
+    when `url` is that URL (compared in RFC 8707 canonical form)."""
+    try:
+        canonical = rfc8707.canonical_resource(url)
+    except ValueError:
+        return "its URL is not an absolute URL; no token is sent to it"
+    if obtained_for == canonical:
+        return None
+    if obtained_for is None:
+        return "Bastion does not know which URL its token was obtained for; it is not sent"
+    return (
+        f"its URL changed: the token was obtained for {_shown(obtained_for)}, the server is now "
+        f"at {_shown(url)}; the token is not sent there"
+    )
 
 
 class UpstreamBearerAuth(httpx2.Auth):

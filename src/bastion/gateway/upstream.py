@@ -47,7 +47,7 @@ from pydantic import TypeAdapter
 from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import NeedsAuthorizationError, SecretNotAllowedError, UpstreamError
-from bastion.gateway.auth import UpstreamBearerAuth
+from bastion.gateway.auth import UpstreamBearerAuth, plain_http_problem, token_destination_problem
 from bastion.gateway.rawhttp import LimitExceeded, RawHTTPError
 from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
@@ -305,6 +305,9 @@ class Upstream:
         self._reconnect = anyio.Event()
         self._relist = anyio.Event()
         self._auth_problem: str | None = None
+        self._refused: str | None = None
+        """The access token the server refused last (memory only, never shown): reconnecting with the
+        same one again backs off (`_back_off_refused`)."""
         self._connect_scope: anyio.CancelScope | None = None
         self._request_timeout = settings.request_timeout
 
@@ -313,6 +316,7 @@ class Upstream:
     async def run(self) -> None:
         """Supervise the upstream until cancelled. Never raises for the upstream's own failures."""
         failures = 0
+        refusals = 0
         while True:
             self._stop = anyio.Event()
             self._reconnect = anyio.Event()
@@ -340,6 +344,9 @@ class Upstream:
                     f"{self._auth_problem}; run `bastion oauth authorize {self.name}`",
                 )
                 await self._reconnect.wait()
+                refusals = refusals + 1 if self._holds_refused_token() else 0
+                if refusals:
+                    await self._back_off_refused(min(BACKOFF_INITIAL * 2 ** (refusals - 1), BACKOFF_MAX))
                 failures = 0
                 continue
             if self._reconnect.is_set():
@@ -395,6 +402,7 @@ class Upstream:
                 self.protocol_version = session.protocol_version
                 self.listing = listing
                 self.last_error = None
+                self._refused = None
                 ready_at.append(anyio.current_time())
                 self._set_state(UpstreamState.READY)
                 async with anyio.create_task_group() as tg:
@@ -431,9 +439,7 @@ class Upstream:
         }
         auth: UpstreamBearerAuth | None = None
         if entry.uses_oauth and self._token_provider is not None:
-            if await self._token_provider.fresh_token(self.name) is None:
-                raise NeedsAuthorizationError("no access token is stored")
-            auth = UpstreamBearerAuth(self.name, self._token_provider, self._needs_authorization)
+            auth = await self._bearer_auth(self._token_provider, remote.url)
         timeout = httpx2.Timeout(self.settings.connect_timeout, read=max(SSE_READ_TIMEOUT, self._request_timeout))
         if self.transport == "sse":
             transport = sse_client(
@@ -454,6 +460,23 @@ class Upstream:
             http_client.event_hooks["response"].append(wire.observe)
         await stack.enter_async_context(http_client)
         return streamable_http_client(remote.url, http_client=http_client), wire
+
+    async def _bearer_auth(self, provider: TokenProvider, url: str) -> UpstreamBearerAuth:
+        """The session's token injection, once it is clear the token may go to `url` (checked here,
+        at connect time, not per request): over https or to loopback, and only to the URL the token
+        was obtained for. Otherwise the server needs authorization (or a fixed URL)."""
+        problem = plain_http_problem(url)
+        if problem is not None:
+            raise UpstreamError(f"server {self.name!r}: {problem}", hint="use an https URL in its catalog entry")
+        obtained_for = provider.obtained_for(self.name)
+        if obtained_for is not None and (problem := token_destination_problem(url, obtained_for)) is not None:
+            raise NeedsAuthorizationError(problem)  # before a refresh: that token is not for this URL
+        if await provider.fresh_token(self.name) is None:
+            raise NeedsAuthorizationError("no access token is stored")
+        problem = token_destination_problem(url, provider.obtained_for(self.name))
+        if problem is not None:
+            raise NeedsAuthorizationError(problem)
+        return UpstreamBearerAuth(self.name, provider, self._needs_authorization)
 
     def _wire_channel(
         self, url: str, http_client: httpx2.AsyncClient, auth: UpstreamBearerAuth | None
@@ -562,7 +585,21 @@ class Upstream:
         self._raw = None
         self._wire = None
 
+    def _holds_refused_token(self) -> bool:
+        provider = self._token_provider
+        return self._refused is not None and provider is not None and provider.cached_token(self.name) == self._refused
+
+    async def _back_off_refused(self, delay: float) -> None:
+        """A reconnect while the token held is still the one the server refused: wait `delay` first
+        (a server refusing every token is not asked again and again); a new token connects at once."""
+        with anyio.move_on_after(delay):
+            while self._holds_refused_token():
+                self._reconnect = anyio.Event()
+                await self._reconnect.wait()
+
     def _needs_authorization(self, reason: str) -> None:
+        # The token the server just refused (None when there is none, e.g. after a step-up).
+        self._refused = self._token_provider.cached_token(self.name) if self._token_provider is not None else None
         self._auth_problem = reason
         self._stop.set()
         if self._connect_scope is not None:

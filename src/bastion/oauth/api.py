@@ -15,6 +15,12 @@ class TokenProvider(Protocol):
         """The current access token from memory, or None. Never does I/O."""
         ...
 
+    def obtained_for(self, server: str) -> str | None:
+        """The canonical URL (RFC 8707 form) of the MCP server the cached token was obtained for;
+        None when there is no cached token. No I/O. The gateway checks it when it connects: a token
+        is sent only to the URL it was obtained for."""
+        ...
+
     def needs_refresh(self, server: str) -> bool:
         """True when the cached token is within the refresh margin of its expiry. No I/O."""
         ...

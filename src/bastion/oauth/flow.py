@@ -1,10 +1,12 @@
 """The authorization code flow with PKCE, split in two halves so the CLI's loopback listener
 and the web page's own route can both complete it:
 
-1. `begin`: discovery → client (reuse / CIMD / DCR) → PKCE S256 + single-use `state` →
-   authorization URL (with `resource`, RFC 8707).
-2. `complete`: check `state`, the callback's `error`, `iss` (RFC 9207) → exchange the code
-   (with `resource` and the verifier) → store the token set.
+1. `begin`: discovery → client (reuse / CIMD / DCR) → its redirect URI (this issuer's own path
+   below the callback for a registered client, RFC 9700 §4.4.2) → PKCE S256 + single-use `state`
+   → authorization URL (with `resource`, RFC 8707).
+2. `complete`: check `state`, the path the response arrived on (the issuer's own), the callback's
+   `error`, `iss` (RFC 9207) → exchange the code (with `resource` and the verifier) → store the
+   token set; a pre-registered client without an issuer is pinned to this one.
 
 `authorize` runs both around a `LoopbackCallback` and a `UserAgent`.
 """
@@ -20,10 +22,10 @@ from dataclasses import dataclass, field
 import httpx2
 
 from bastion.errors import AuthorizationError, CallbackTimeout, InvalidGrantError, StateMismatchError, TokenError
-from bastion.oauth import rfc6749, rfc7636, rfc9207
-from bastion.oauth.callback import LoopbackCallback
+from bastion.oauth import rfc6749, rfc7636, rfc8707, rfc9207
+from bastion.oauth.callback import AuthorizationResponse, LoopbackCallback
 from bastion.oauth.discovery import Discovery, discover, select_scopes
-from bastion.oauth.registration import ensure_client
+from bastion.oauth.registration import ensure_client, pin_issuer, pinned, redirect_uri_for
 from bastion.oauth.useragent import UserAgent
 from bastion.store.base import Store
 from bastion.store.models import ClientRegistration, ProviderRecord, TokenSet
@@ -70,9 +72,11 @@ async def begin(
     store: Store,
     options: FlowOptions,
     *,
-    redirect_uri: str,
+    callback: str,
     progress: Progress = _silent,
 ) -> PendingAuthorization:
+    """Start an authorization; `callback` is the base redirect URI of the caller's listener, which
+    must answer every path below it (the flow's redirect URI is `PendingAuthorization.redirect_uri`)."""
     progress(f"Discovering the authorization server of {options.server_url}")
     discovery = await discover(http, options.server_url, transport=options.transport)
     progress(f"Authorization server: {discovery.issuer}")
@@ -82,9 +86,9 @@ async def begin(
     client = await ensure_client(
         http,
         discovery,
-        record.client if record is not None else None,
+        pinned(record.client, record.tokens) if record is not None else None,
         server_name=options.server_name,
-        redirect_uri=redirect_uri,
+        callback=callback,
         scopes=scopes,
         dcr_enabled=options.dcr_enabled,
         client_id_metadata_document=options.client_id_metadata_document,
@@ -97,6 +101,7 @@ async def begin(
             f"the authorization server {discovery.issuer} has no authorization endpoint",
             hint="it may only support machine-to-machine grants; configure client credentials for this server",
         )
+    redirect_uri = redirect_uri_for(client, callback)
     pkce = rfc7636.generate_pkce()
     state = secrets.token_urlsafe(32)
     extra_params = {"prompt": "consent"} if "offline_access" in scopes else None
@@ -132,14 +137,16 @@ async def _save_client(store: Store, options: FlowOptions, client: ClientRegistr
         await store.put(record.model_copy(update={"client": client, "tokens": tokens}))
 
 
-def check_callback(pending: PendingAuthorization, params: Mapping[str, str]) -> str:
-    """Validate the authorization response (RFC 6749 §4.1.2, RFC 9207); return the code."""
+def check_callback(pending: PendingAuthorization, params: Mapping[str, str], path: str) -> str:
+    """Validate the authorization response that arrived on `path` (RFC 6749 §4.1.2, RFC 9700
+    §4.4.2, RFC 9207); return the code."""
     received_state = params.get("state")
-    if received_state is None or not secrets.compare_digest(received_state, pending.state):
+    if received_state is None or not secrets.compare_digest(received_state.encode(), pending.state.encode()):
         raise StateMismatchError(
             "the authorization response does not belong to this request (state mismatch)",
             hint="start again with `bastion oauth authorize`; if it repeats, someone may be tampering",
         )
+    rfc9207.check_redirect_path(path, pending.redirect_uri, pending.discovery.issuer)
     advertised = bool(pending.discovery.metadata.authorization_response_iss_parameter_supported)
     rfc9207.check_iss(params.get("iss"), pending.discovery.issuer, advertised)
     if "error" in params:
@@ -161,6 +168,12 @@ def check_callback(pending: PendingAuthorization, params: Mapping[str, str]) -> 
 
 async def exchange_code(http: httpx2.AsyncClient, pending: PendingAuthorization, code: str) -> TokenSet:
     metadata = pending.discovery.metadata
+    if pending.client.issuer not in (None, pending.discovery.issuer):
+        # `ensure_client` never pairs them; this guards the client secret and the code all the same.
+        raise AuthorizationError(
+            f"the client of {pending.options.server_name} belongs to another authorization server",
+            hint=f"run `bastion oauth authorize {pending.options.server_name}` again",
+        )
     form = rfc6749.authorization_code_form(
         code, pending.redirect_uri, pending.pkce.verifier, pending.discovery.resource
     )
@@ -173,7 +186,7 @@ async def exchange_code(http: httpx2.AsyncClient, pending: PendingAuthorization,
         )
     except httpx2.TransportError as exc:
         raise TokenError(f"cannot reach the token endpoint: {type(exc).__name__}", hint="try again") from None
-    return rfc6749.parse_token_response(
+    tokens = rfc6749.parse_token_response(
         response.status_code,
         response.content,
         now=time.time(),
@@ -184,12 +197,15 @@ async def exchange_code(http: httpx2.AsyncClient, pending: PendingAuthorization,
         client_id=pending.client.client_id,
         requested_scopes=pending.scopes,
     )
+    # The gateway sends these tokens to this URL only (issue 12: a token follows its URL, not a name).
+    return tokens.model_copy(update={"obtained_for": rfc8707.canonical_resource(pending.options.server_url)})
 
 
 async def complete(
-    http: httpx2.AsyncClient, store: Store, pending: PendingAuthorization, params: Mapping[str, str]
+    http: httpx2.AsyncClient, store: Store, pending: PendingAuthorization, params: Mapping[str, str], *, path: str
 ) -> ProviderRecord:
-    code = check_callback(pending, params)
+    """Finish the flow with the authorization response `params` that arrived on `path`."""
+    code = check_callback(pending, params, path)
     try:
         tokens = await exchange_code(http, pending, code)
     except TokenError as exc:
@@ -206,7 +222,7 @@ async def complete(
         record = await store.get(name) or ProviderRecord(server=name, resource_url=pending.options.server_url)
         record = record.model_copy(
             update={
-                "client": pending.client,
+                "client": pin_issuer(pending.client, pending.discovery.issuer),
                 "tokens": tokens,
                 "needs_authorization": False,
                 "requested_scopes": [],
@@ -229,7 +245,7 @@ OpenURL = Callable[[str], Awaitable[None] | None]
 REMINDER_EVERY = 30.0
 
 
-async def _wait_with_reminders(callback: LoopbackCallback, timeout: float, progress: Progress) -> dict[str, str]:
+async def _wait_with_reminders(callback: LoopbackCallback, timeout: float, progress: Progress) -> AuthorizationResponse:
     """Wait for the callback, saying every `REMINDER_EVERY` seconds how long is left."""
     deadline = time.monotonic() + timeout
     while True:
@@ -260,12 +276,13 @@ async def authorize(
     dynamically registered client registers again and retries once."""
     for attempt in (1, 2):
         async with LoopbackCallback(callback_port) as callback:
-            pending = await begin(http, store, options, redirect_uri=callback.redirect_uri, progress=progress)
+            pending = await begin(http, store, options, callback=callback.redirect_uri, progress=progress)
+            callback.expect(pending.state)
             user_agent.open(pending.url)
             progress(f"Waiting for the browser (up to {timeout:.0f}s)…")
-            params = await _wait_with_reminders(callback, timeout, progress)
+            response = await _wait_with_reminders(callback, timeout, progress)
         try:
-            return await complete(http, store, pending, params)
+            return await complete(http, store, pending, response.params, path=response.path)
         except TokenError as exc:
             if attempt == 1 and exc.error == "invalid_client" and pending.client.source == "dcr":
                 progress("The authorization server forgot our client; registering again")

@@ -7,6 +7,16 @@
 
 Registrations are keyed by server and issuer: a different issuer, a changed redirect URI or an
 expired client secret means register again (and so does `invalid_client`, see `flow`).
+
+A pre-registered client set without `--issuer` is pinned to the issuer of its first successful
+authorization (`pin_issuer`); from then on it is never used with another authorization server, so
+its secret and the codes issued to it never reach another server's token endpoint.
+
+Redirect URIs (`redirect_uri_for`): a dynamically registered client gets the per-issuer redirect URI
+(`rfc9207.issuer_redirect_uri`, the RFC 9700 §4.4.2 mix-up defence), since Bastion registers it
+itself. A pre-registered or CIMD client keeps the base callback URI (`http://127.0.0.1:PORT/callback`):
+its redirect URIs were registered by a person or published in a document Bastion cannot change. Such
+a client belongs to one issuer, and no dynamically registered flow ever waits on the base path.
 """
 
 from __future__ import annotations
@@ -18,9 +28,9 @@ from collections.abc import Sequence
 import httpx2
 
 from bastion.errors import RegistrationError
-from bastion.oauth import netguard, rfc7591
+from bastion.oauth import netguard, rfc7591, rfc9207
 from bastion.oauth.discovery import Discovery
-from bastion.store.models import ClientRegistration
+from bastion.store.models import ClientRegistration, TokenSet
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +47,27 @@ def reusable(client: ClientRegistration | None, *, issuer: str, redirect_uri: st
         return False
     expires = client.client_secret_expires_at
     return not (expires and expires <= now)
+
+
+def pin_issuer(client: ClientRegistration, issuer: str) -> ClientRegistration:
+    """`client` bound to `issuer` if it names none yet (a pre-registered client after its first
+    successful authorization there); unchanged otherwise."""
+    return client if client.issuer is not None else client.model_copy(update={"issuer": issuer})
+
+
+def pinned(client: ClientRegistration | None, tokens: TokenSet | None) -> ClientRegistration | None:
+    """A stored client as pinned as what is known: a pre-registered client without an issuer that
+    already holds tokens from an issuer (stored before Bastion pinned) belongs to that issuer."""
+    if client is None or client.issuer is not None or tokens is None or tokens.client_id != client.client_id:
+        return client
+    return pin_issuer(client, tokens.issuer)
+
+
+def redirect_uri_for(client: ClientRegistration, callback: str) -> str:
+    """The redirect URI of a flow with `client` (see the module docstring)."""
+    if client.source == "dcr" and client.issuer is not None:
+        return rfc9207.issuer_redirect_uri(callback, client.issuer)
+    return callback
 
 
 def client_id_metadata_client(document_url: str, *, issuer: str, redirect_uri: str) -> ClientRegistration:
@@ -103,12 +134,14 @@ async def ensure_client(
     existing: ClientRegistration | None,
     *,
     server_name: str,
-    redirect_uri: str,
+    callback: str,
     scopes: Sequence[str],
     dcr_enabled: bool,
     client_id_metadata_document: str | None,
 ) -> ClientRegistration:
-    """The client to authorize with: reuse, CIMD, or register (in that order)."""
+    """The client to authorize with: reuse, CIMD, or register (in that order). `callback` is the
+    base redirect URI; a registration gets this issuer's own redirect URI below it."""
+    redirect_uri = rfc9207.issuer_redirect_uri(callback, discovery.issuer)
     if reusable(existing, issuer=discovery.issuer, redirect_uri=redirect_uri, now=time.time()):
         assert existing is not None
         return existing
@@ -119,9 +152,7 @@ async def ensure_client(
             hint=f"run `bastion oauth client set {server_name} --client-id ID --issuer {discovery.issuer}`",
         )
     if client_id_metadata_document and discovery.metadata.client_id_metadata_document_supported:
-        return client_id_metadata_client(
-            client_id_metadata_document, issuer=discovery.issuer, redirect_uri=redirect_uri
-        )
+        return client_id_metadata_client(client_id_metadata_document, issuer=discovery.issuer, redirect_uri=callback)
     if not dcr_enabled:
         raise RegistrationError(
             f"{server_name} has no pre-registered OAuth client and dynamic registration (oauth-dcr) is off",

@@ -22,10 +22,11 @@ import logging
 import time
 from collections.abc import Callable
 
+import anyio
 import httpx2
 
 from bastion.errors import BastionError, InvalidGrantError, NeedsAuthorizationError, StoreError, TokenError
-from bastion.oauth import client_credentials, rfc6749, rfc7009
+from bastion.oauth import client_credentials, rfc6749, rfc7009, rfc8707
 from bastion.oauth.client_credentials import ClientCredentials, ClientCredentialsLookup
 from bastion.store.base import Store
 from bastion.store.models import ProviderRecord, TokenSet
@@ -39,11 +40,36 @@ def _authorize_hint(server: str) -> str:
     return f"run `bastion oauth authorize {server}`"
 
 
+def canonical_url(url: str) -> str | None:
+    """`url` in RFC 8707 canonical form, or None when it is not an absolute URL."""
+    try:
+        return rfc8707.canonical_resource(url)
+    except ValueError:
+        return None
+
+
+def bound(record: ProviderRecord, tokens: TokenSet) -> TokenSet:
+    """`tokens` with the URL they were obtained for filled in. Records stored before Bastion recorded
+    it take the record's `resource_url`: `flow.complete` wrote it in the same put as the tokens, from
+    the URL it authorized, so it is the URL they were obtained for (no re-authorization needed after
+    an upgrade, and the next refresh stores it with the tokens)."""
+    if tokens.obtained_for is not None:
+        return tokens
+    return tokens.model_copy(update={"obtained_for": canonical_url(record.resource_url)})
+
+
 async def refresh_tokens(http: httpx2.AsyncClient, record: ProviderRecord, *, now: float) -> TokenSet:
-    """Spend the refresh token of `record` once (no locking; callers hold the lock)."""
+    """Spend the refresh token of `record` once (no locking; callers hold the lock). The new token
+    set is for the URL the old one was obtained for."""
     tokens, client = record.tokens, record.client
     if tokens is None or client is None or not tokens.refresh_token:
         raise NeedsAuthorizationError(f"{record.server} has no refresh token", hint=_authorize_hint(record.server))
+    if client.issuer is not None and client.issuer != tokens.issuer:
+        # Never send the client's credentials to the token endpoint of another issuer.
+        raise NeedsAuthorizationError(
+            f"the client registration of {record.server} belongs to another authorization server than its tokens",
+            hint=_authorize_hint(record.server),
+        )
     form = rfc6749.refresh_form(tokens.refresh_token, tokens.resource, None)
     auth_form, headers = rfc6749.client_authentication(client)
     try:
@@ -54,7 +80,7 @@ async def refresh_tokens(http: httpx2.AsyncClient, record: ProviderRecord, *, no
         raise TokenError(
             f"cannot reach the token endpoint of {record.server}: {type(exc).__name__}", hint="try again later"
         ) from None
-    return rfc6749.parse_token_response(
+    new_tokens = rfc6749.parse_token_response(
         response.status_code,
         response.content,
         now=now,
@@ -66,6 +92,7 @@ async def refresh_tokens(http: httpx2.AsyncClient, record: ProviderRecord, *, no
         requested_scopes=tokens.scopes,
         previous_refresh_token=tokens.refresh_token,
     )
+    return new_tokens.model_copy(update={"obtained_for": bound(record, tokens).obtained_for})
 
 
 class TokenManager:
@@ -79,6 +106,7 @@ class TokenManager:
         refresh_margin: float = 60.0,
         clock: Clock = time.time,
         lock_timeout: float = 30.0,
+        refresh_timeout: float = 30.0,
         client_credentials: ClientCredentialsLookup | None = None,
     ) -> None:
         self._store = store
@@ -87,6 +115,9 @@ class TokenManager:
         self._margin = refresh_margin
         self._clock = clock
         self._lock_timeout = lock_timeout
+        self._refresh_timeout = refresh_timeout
+        """The deadline of one token request made while holding the server's store lock (every other
+        refresher of that server, in any process, waits for the lock)."""
         self._cache: dict[str, TokenSet] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._unsaved: dict[str, tuple[ProviderRecord, TokenSet]] = {}
@@ -132,8 +163,8 @@ class TokenManager:
         if record is None or record.tokens is None or record.needs_authorization:
             self._cache.pop(server, None)
             return None
-        self._cache[server] = record.tokens
-        return record.tokens
+        tokens = self._cache[server] = bound(record, record.tokens)
+        return tokens
 
     def cached(self, server: str) -> TokenSet | None:
         return self._cache.get(server)
@@ -143,6 +174,10 @@ class TokenManager:
     def cached_token(self, server: str) -> str | None:
         tokens = self._cache.get(server)
         return tokens.access_token if tokens is not None else None
+
+    def obtained_for(self, server: str) -> str | None:
+        tokens = self._cache.get(server)
+        return tokens.obtained_for if tokens is not None else None
 
     def margin_for(self, tokens: TokenSet) -> float:
         """The refresh margin, at most half the token's lifetime (a 5-minute token is not
@@ -218,8 +253,10 @@ class TokenManager:
             tokens = record.tokens
             if tokens.access_token != stale and (force or not tokens.expired(now, self.margin_for(tokens))):
                 # Another process refreshed or re-authorized: adopt its token.
-                self._cache[server] = tokens
+                self._cache[server] = bound(record, tokens)
                 return tokens.access_token
+            if force and _refused_again(server, tokens):
+                return None
             if not tokens.refresh_token:
                 if tokens.expired(now):
                     self._cache.pop(server, None)
@@ -228,7 +265,11 @@ class TokenManager:
             try:
                 self.refresh_count += 1
                 logger.info("refreshing the access token of %s (holding its store lock)", server)
-                new_tokens = await refresh_tokens(self._http, record, now=now)
+                with anyio.fail_after(self._refresh_timeout):
+                    new_tokens = await refresh_tokens(self._http, record, now=now)
+                new_tokens = new_tokens.model_copy(update={"after_refusal": force})
+            except TimeoutError:
+                raise self._timed_out(server) from None
             except InvalidGrantError as exc:
                 said = exc.error_description or "the refresh token was rejected"
                 await self._store.put(
@@ -260,6 +301,15 @@ class TokenManager:
             logger.info("refreshed the access token of %s", server)
             return new_tokens.access_token
 
+    def _timed_out(self, server: str) -> TokenError:
+        """A token request made under the store lock ran past `refresh_timeout` and was given up: a
+        token endpoint that trickles its answer must not hold the lock (and every other refresher of
+        the server, in any process) forever. Nothing was stored."""
+        return TokenError(
+            f"the token endpoint of {server} did not answer within {self._refresh_timeout:g}s",
+            hint="try again later; if it keeps happening, the authorization server is overloaded or misbehaving",
+        )
+
     async def _client_credentials_locked(
         self,
         server: str,
@@ -269,26 +319,36 @@ class TokenManager:
         *,
         force: bool,
     ) -> str | None:
-        """Under the store lock: adopt a token another process obtained, else run the grant."""
+        """Under the store lock: adopt a token another process obtained for this URL, else run the grant."""
         now = self._clock()
-        tokens = record.tokens if record is not None and not record.needs_authorization else None
-        if tokens is not None and tokens.access_token != stale and (force or not tokens.expired(now, self._margin)):
+        url = canonical_url(credentials.server_url)
+        previous = bound(record, record.tokens) if record is not None and record.tokens is not None else None
+        if previous is not None and previous.obtained_for != url:
+            previous = None  # obtained for another URL (the catalog changed): discover and grant for this one
+        tokens = previous if record is not None and not record.needs_authorization else None
+        fresh = tokens is not None and (force or not tokens.expired(now, self.margin_for(tokens)))
+        if tokens is not None and tokens.access_token != stale and fresh:
             self._cache[server] = tokens
             return tokens.access_token
-        previous = record.tokens if record is not None else None
+        if force and tokens is not None and _refused_again(server, tokens):
+            return None
         extra = record.requested_scopes if record is not None else []
         record = record or ProviderRecord(server=server, resource_url=credentials.server_url)
         try:
             self.refresh_count += 1
-            new_tokens = await client_credentials.obtain(
-                self._http, credentials, previous=previous, extra_scopes=extra, now=now
-            )
+            with anyio.fail_after(self._refresh_timeout):
+                new_tokens = await client_credentials.obtain(
+                    self._http, credentials, previous=previous, extra_scopes=extra, now=now
+                )
+        except TimeoutError:
+            raise self._timed_out(server) from None  # the server may answer again soon: keep the record
         except BastionError as exc:
             # Retrying with a person in the loop would not help: the configuration or the server is wrong.
             await self._store.put(record.model_copy(update={"tokens": None, "last_error": str(exc)}))
             self._cache.pop(server, None)
             logger.warning("%s: the client credentials grant failed: %s", server, exc)
             return None
+        new_tokens = new_tokens.model_copy(update={"obtained_for": url, "after_refusal": force})
         written = await self._store.compare_and_set(
             record.model_copy(
                 update={"tokens": new_tokens, "needs_authorization": False, "requested_scopes": [], "last_error": None}
@@ -303,12 +363,28 @@ class TokenManager:
         return new_tokens.access_token
 
 
+def _refused_again(server: str, tokens: TokenSet) -> bool:
+    """Whether the MCP server refused `tokens`, which were themselves obtained because it refused the
+    ones before: then refreshing again would only repeat that (a server answering 401 to every
+    token made the gateway refresh dozens of times a second). The server needs authorization."""
+    if not tokens.after_refusal:
+        return False
+    logger.warning(
+        "%s refused an access token obtained right after it refused the previous one; not refreshing again (%s)",
+        server,
+        _authorize_hint(server),
+    )
+    return True
+
+
 async def revoke(http: httpx2.AsyncClient, record: ProviderRecord) -> list[str]:
     """RFC 7009 revocation of the refresh and access tokens at the authorization server.
     Returns a list of problems (empty when all went well); never raises for the server's answer."""
     tokens, client = record.tokens, record.client
     if tokens is None or client is None or not tokens.revocation_endpoint:
         return []
+    if client.issuer is not None and client.issuer != tokens.issuer:
+        return ["the client registration belongs to another authorization server; not sent to this one"]
     problems: list[str] = []
     for form, headers in rfc7009.revocation_requests(tokens, client):
         kind = form.get("token_type_hint", "token")

@@ -81,6 +81,15 @@ class TokenSet(_Model):
     resource: str | None = None
     client_id: str
     obtained_at: float = Field(default_factory=time.time)
+    obtained_for: str | None = None
+    """The canonical URL (RFC 8707 form, `rfc8707.canonical_resource`) of the MCP server these tokens
+    were obtained for; the gateway sends them to that URL only. None in records stored before
+    Bastion recorded it: the token manager then takes the record's `resource_url` (written in the
+    same put as the tokens by the flow) and stores it with the next refresh."""
+    after_refusal: bool = False
+    """Obtained because the MCP server refused the previous access token (a refresh after a 401).
+    If the server refuses this one too, Bastion does not refresh again: the server needs
+    authorization (issue 12: one refresh per refused token, never a refresh storm)."""
 
     def expired(self, now: float, margin: float = 0.0) -> bool:
         return self.expires_at is not None and now + margin >= self.expires_at

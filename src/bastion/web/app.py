@@ -7,9 +7,10 @@ Routes (relative to the mount point):
     GET  /fragment          the live part of the page, re-fetched by ui.js on each change event
     GET  /events            Server-Sent Events: `change` whenever anything shown may have changed
     GET  /servers.json      the same rows as JSON (no secret)
-    POST /authorize         flow.begin with redirect_uri = /oauth/callback; 303 to the
+    POST /authorize         flow.begin with the callback /oauth/callback; 303 to the
                             authorization server (the form opens it in a new tab)
-    GET  /oauth/callback    flow.complete; "done, you can close this tab"
+    GET  /oauth/callback    flow.complete; "done, you can close this tab" (also
+         /oauth/callback/K  K: the issuer's own redirect path, see oauth/rfc9207.py)
     POST /revoke            revoke at the authorization server, delete the tokens
     POST /enable            put a catalog server in the registry
     POST /disable           remove it (revoking its tokens)
@@ -251,9 +252,10 @@ def create_ui_app(
             entry = app.entry(server)
             if not entry.uses_oauth:
                 return failure_page(request, 409, title, f"{server} does not use OAuth.")
-            # The page's own origin (its Host header, checked by the middleware) + the mount prefix.
-            redirect_uri = f"{request.url.scheme}://{request.url.netloc}{_links(request).to('/oauth/callback')}"
-            pending = await flow.begin(app.http, app.store, app.flow_options(server), redirect_uri=redirect_uri)
+            # The page's own origin (its Host header) + the mount prefix; a registered client's flows
+            # come back below it, on their issuer's own path (`/oauth/callback/<issuer key>`).
+            callback = f"{request.url.scheme}://{request.url.netloc}{_links(request).to('/oauth/callback')}"
+            pending = await flow.begin(app.http, app.store, app.flow_options(server), callback=callback)
         except BastionError as exc:
             state.flow_errors[server] = f"authorization failed: {exc}"
             state.notify("error", f"{server}: authorization could not start: {exc}")
@@ -275,7 +277,7 @@ def create_ui_app(
             )
         server = pending.options.server_name
         try:
-            record = await flow.complete(app.http, app.store, pending, params)
+            record = await flow.complete(app.http, app.store, pending, params, path=request.url.path)
         except BastionError as exc:
             state.flow_errors[server] = f"authorization failed: {exc}"
             state.notify("error", f"{server}: authorization failed: {exc}")
@@ -372,6 +374,7 @@ def create_ui_app(
         Route("/servers.json", servers_json, methods=["GET"]),
         Route("/authorize", authorize, methods=["POST"]),
         Route("/oauth/callback", oauth_callback, methods=["GET"]),
+        Route("/oauth/callback/{issuer_key}", oauth_callback, methods=["GET"]),
         Route("/revoke", revoke, methods=["POST"]),
         Route("/enable", enable, methods=["POST"]),
         Route("/disable", disable, methods=["POST"]),
