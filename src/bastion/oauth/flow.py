@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import httpx2
 
 from bastion.errors import AuthorizationError, CallbackTimeout, InvalidGrantError, StateMismatchError, TokenError
-from bastion.oauth import rfc6749, rfc7636, rfc8707, rfc9207
+from bastion.oauth import netguard, rfc6749, rfc7636, rfc8707, rfc9207
 from bastion.oauth.callback import AuthorizationResponse, LoopbackCallback
 from bastion.oauth.discovery import Discovery, discover, select_scopes
 from bastion.oauth.registration import ensure_client, pin_issuer, pinned, redirect_uri_for
@@ -179,13 +179,18 @@ async def exchange_code(http: httpx2.AsyncClient, pending: PendingAuthorization,
     )
     auth_form, headers = rfc6749.client_authentication(pending.client)
     try:
-        response = await http.post(
-            str(metadata.token_endpoint),
-            data={**form, **auth_form},
-            headers={**headers, "Accept": "application/json"},
-        )
+        # For this MCP server: its address class decides where the code and secret may go (netguard).
+        with netguard.serving(pending.options.server_url):
+            response = await http.post(
+                str(metadata.token_endpoint),
+                data={**form, **auth_form},
+                headers={**headers, "Accept": "application/json"},
+            )
     except httpx2.TransportError as exc:
-        raise TokenError(f"cannot reach the token endpoint: {type(exc).__name__}", hint="try again") from None
+        raise TokenError(
+            f"the token exchange failed: {netguard.describe(exc, str(metadata.token_endpoint))}",
+            hint=netguard.hint(exc, "try again"),
+        ) from None
     tokens = rfc6749.parse_token_response(
         response.status_code,
         response.content,

@@ -114,6 +114,16 @@ def describe(exc: httpx2.TransportError, url: str) -> str:
     return f"could not reach {origin}"
 
 
+def hint(exc: httpx2.TransportError, retry: str) -> str:
+    """What to do next: `retry` when the server did not answer; when the guard refused the
+    address or the answer, trying again will not help."""
+    if isinstance(exc, AddressRefused):
+        return "the server's metadata points where Bastion sends no credentials; check which server this is"
+    if isinstance(exc, ResponseTooLarge):
+        return "the authorization server's answer is not a plausible OAuth response; check the server"
+    return retry
+
+
 async def system_resolver(host: str, port: int) -> list[IPAddress]:
     """The system's answer for `host`, each address once, in its order."""
     infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)

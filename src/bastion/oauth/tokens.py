@@ -18,6 +18,7 @@ no refresh token and needs no authorization by a person. Scopes a step-up asked 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import anyio
 import httpx2
 
 from bastion.errors import BastionError, InvalidGrantError, NeedsAuthorizationError, StoreError, TokenError
-from bastion.oauth import client_credentials, rfc6749, rfc7009, rfc8707
+from bastion.oauth import client_credentials, netguard, rfc6749, rfc7009, rfc8707
 from bastion.oauth.client_credentials import ClientCredentials, ClientCredentialsLookup
 from bastion.store.base import Store
 from bastion.store.models import ProviderRecord, TokenSet
@@ -58,6 +59,12 @@ def bound(record: ProviderRecord, tokens: TokenSet) -> TokenSet:
     return tokens.model_copy(update={"obtained_for": canonical_url(record.resource_url)})
 
 
+def _for_server(url: str | None) -> contextlib.AbstractContextManager[None]:
+    """Requests for the MCP server at `url` (netguard: its address class decides); without a
+    known URL, the enabled servers' classes (the client's anchors) decide."""
+    return netguard.serving(url) if url else contextlib.nullcontext()
+
+
 async def refresh_tokens(http: httpx2.AsyncClient, record: ProviderRecord, *, now: float) -> TokenSet:
     """Spend the refresh token of `record` once (no locking; callers hold the lock). The new token
     set is for the URL the old one was obtained for."""
@@ -72,13 +79,16 @@ async def refresh_tokens(http: httpx2.AsyncClient, record: ProviderRecord, *, no
         )
     form = rfc6749.refresh_form(tokens.refresh_token, tokens.resource, None)
     auth_form, headers = rfc6749.client_authentication(client)
+    obtained_for = bound(record, tokens).obtained_for
     try:
-        response = await http.post(
-            tokens.token_endpoint, data={**form, **auth_form}, headers={**headers, "Accept": "application/json"}
-        )
+        with _for_server(obtained_for):
+            response = await http.post(
+                tokens.token_endpoint, data={**form, **auth_form}, headers={**headers, "Accept": "application/json"}
+            )
     except httpx2.TransportError as exc:
         raise TokenError(
-            f"cannot reach the token endpoint of {record.server}: {type(exc).__name__}", hint="try again later"
+            f"the refresh of {record.server} failed: {netguard.describe(exc, tokens.token_endpoint)}",
+            hint=netguard.hint(exc, "try again later"),
         ) from None
     new_tokens = rfc6749.parse_token_response(
         response.status_code,
@@ -92,7 +102,7 @@ async def refresh_tokens(http: httpx2.AsyncClient, record: ProviderRecord, *, no
         requested_scopes=tokens.scopes,
         previous_refresh_token=tokens.refresh_token,
     )
-    return new_tokens.model_copy(update={"obtained_for": bound(record, tokens).obtained_for})
+    return new_tokens.model_copy(update={"obtained_for": obtained_for})
 
 
 class TokenManager:
@@ -389,9 +399,10 @@ async def revoke(http: httpx2.AsyncClient, record: ProviderRecord) -> list[str]:
     for form, headers in rfc7009.revocation_requests(tokens, client):
         kind = form.get("token_type_hint", "token")
         try:
-            response = await http.post(tokens.revocation_endpoint, data=form, headers=headers)
+            with _for_server(bound(record, tokens).obtained_for):
+                response = await http.post(tokens.revocation_endpoint, data=form, headers=headers)
         except httpx2.TransportError as exc:
-            problems.append(f"{kind}: cannot reach the revocation endpoint ({type(exc).__name__})")
+            problems.append(f"{kind}: revocation failed: {netguard.describe(exc, tokens.revocation_endpoint)}")
             continue
         if not rfc7009.revocation_ok(response.status_code):
             error, _, _ = rfc6749.parse_oauth_error(response.content)

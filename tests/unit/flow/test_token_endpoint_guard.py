@@ -48,7 +48,8 @@ async def test_refresh_against_a_trickling_token_endpoint_ends_at_the_deadline()
         async with new_http_client(anchors=lambda: loopback(mcp), deadline=1.0) as http:
             with anyio.fail_after(10), pytest.raises(TokenError) as info:
                 await refresh_tokens(http, record(server.url("/token"), mcp=mcp), now=time.time())
-    assert "Unreachable" in str(info.value)
+    assert "could not reach http://127.0.0.1:" in str(info.value)
+    assert info.value.hint == "try again later"
     assert not any(secret in str(info.value) for secret in SECRETS)
 
 
@@ -64,9 +65,10 @@ async def test_refresh_with_an_endless_token_response_is_cut_at_the_cap() -> Non
     async with serve(endless()) as server:
         mcp = server.url("/mcp")
         async with new_http_client(anchors=lambda: loopback(mcp)) as http:
-            with anyio.fail_after(20), pytest.raises(TokenError, match="ResponseTooLarge"):
+            with anyio.fail_after(20), pytest.raises(TokenError, match="sent a response larger than 1 MiB") as info:
                 await refresh_tokens(http, record(server.url("/token"), mcp=mcp), now=time.time())
     assert server.written < 16 * 1024 * 1024
+    assert "try again" not in (info.value.hint or "")
 
 
 async def test_refresh_to_a_token_endpoint_that_now_resolves_to_a_private_address_is_refused() -> None:
@@ -78,9 +80,29 @@ async def test_refresh_to_a_token_endpoint_that_now_resolves_to_a_private_addres
         mcp = server.url("/mcp")
         token_endpoint = server.url("/token", host="auth.example.test", scheme="https")
         async with new_http_client(anchors=lambda: loopback(mcp), resolver=resolver, network_backend=backend) as http:
-            with pytest.raises(TokenError, match="AddressRefused"):
+            with pytest.raises(TokenError, match=r"points to 10\.0\.0\.5, a private address") as info:
                 await refresh_tokens(http, record(token_endpoint, mcp=mcp), now=time.time())
     assert backend.asked == [] and server.seen == []
+    assert "check which server this is" in (info.value.hint or "")
+
+
+async def test_refresh_is_judged_by_its_own_servers_class_not_by_every_enabled_server() -> None:
+    """A public MCP server's token endpoint that resolves to loopback is refused even while another
+    enabled server is on loopback (the client's anchors): the refresh is made for its own server."""
+    resolver = FakeResolver({"mcp.example.test": ["93.184.216.34"], "auth.example.test": ["127.0.0.1"]})
+    backend = LoopbackBackend(stand_ins=["93.184.216.34"])
+    async with serve(respond(body={"access_token": "x", "token_type": "Bearer"})) as server:
+        local_mcp = server.url("/mcp")
+        public_mcp = "https://mcp.example.test/mcp"
+        token_endpoint = server.url("/token", host="auth.example.test", scheme="https")
+        async with new_http_client(
+            anchors=lambda: (local_mcp, public_mcp), resolver=resolver, network_backend=backend
+        ) as http:
+            with pytest.raises(TokenError, match="a loopback address, while the MCP server is not on one"):
+                await refresh_tokens(http, record(token_endpoint, mcp=public_mcp), now=time.time())
+            problems = await revoke(http, record(token_endpoint, token_endpoint, mcp=public_mcp))
+    assert problems and all("loopback address" in problem for problem in problems)
+    assert server.seen == []
 
 
 async def test_refresh_against_a_loopback_token_endpoint_of_a_loopback_server_works() -> None:
@@ -98,5 +120,5 @@ async def test_revocation_endpoint_that_trickles_is_reported_within_the_deadline
         async with new_http_client(anchors=lambda: loopback(mcp), deadline=1.0) as http:
             with anyio.fail_after(10):
                 problems = await revoke(http, record(server.url("/token"), server.url("/revoke"), mcp=mcp))
-    assert problems and all("Unreachable" in problem for problem in problems)
+    assert problems and all("could not reach http://127.0.0.1:" in problem for problem in problems)
     assert not any(secret in problem for problem in problems for secret in SECRETS)
