@@ -625,13 +625,28 @@ def client_disconnect(name: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (others need the gateway token).")
 @click.option("--port", type=int, default=8812, show_default=True, help="Port (0 picks a free one).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the browser.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM certificate.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM private key.")
+@click.option("--insecure-http", is_flag=True, help="Serve plain http off loopback (e.g. TLS ends at a proxy).")
 @run_async
-async def ui(host: str, port: int, open_browser: bool) -> None:
-    """Serve the OAuth page: enabled servers, their OAuth state, Authorize / Revoke / Enable / Disable."""
+async def ui(
+    host: str, port: int, open_browser: bool, tls_cert: str | None, tls_key: str | None, insecure_http: bool
+) -> None:
+    """Serve the OAuth page: enabled servers, their OAuth state, Authorize / Revoke / Enable / Disable.
+
+    Off loopback the sign-in and the session cookie cross a network: TLS, as for `gateway run`."""
+    from pathlib import Path
+
+    from bastion.errors import ConfigError
+    from bastion.gateway.runtime import TLSFiles, check_listener
     from bastion.web.serve import serve_ui  # lazy: keeps `bastion --help` fast
 
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
+    tls = TLSFiles(Path(tls_cert), Path(tls_key)) if tls_cert is not None and tls_key is not None else None
+    check_listener(host, tls, insecure_http)
     async with open_app() as app:
-        await serve_ui(app, host=host, port=port, open_browser=open_browser)
+        await serve_ui(app, host=host, port=port, open_browser=open_browser, tls=tls)
 
 
 # --------------------------------------------------------------------------- demo (bastion.demo)

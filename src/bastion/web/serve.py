@@ -18,7 +18,7 @@ import uvicorn
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from bastion.gateway.runtime import bind_listener
+from bastion.gateway.runtime import TLSFiles, bind_listener
 from bastion.gateway.security import gateway_token
 from bastion.oauth.rfc8252 import is_loopback_host
 from bastion.oauth.useragent import BrowserUserAgent
@@ -51,10 +51,10 @@ def standalone_app(ui: ASGIApp) -> ASGIApp:
     return mount_ui(_outside_ui, ui)
 
 
-def page_url(host: str, port: int) -> str:
+def page_url(host: str, port: int, *, https: bool = False) -> str:
     shown = "127.0.0.1" if host in WILDCARD_HOSTS else host
     shown = f"[{shown}]" if ":" in shown else shown
-    return f"http://{shown}:{port}/ui/"
+    return f"{'https' if https else 'http'}://{shown}:{port}/ui/"
 
 
 def allowed_hosts_for(host: str) -> list[str]:
@@ -74,16 +74,25 @@ async def serve_ui(
     port: int = DEFAULT_PORT,
     open_browser: bool = False,
     out: TextIO | None = None,
+    tls: TLSFiles | None = None,
 ) -> None:
-    """Serve the page until SIGINT/SIGTERM. Prints `Bastion UI: <url>` once listening."""
+    """Serve the page until SIGINT/SIGTERM (over https with `tls`). Prints `Bastion UI: <url>`
+    once listening. The caller decides whether plain http may leave loopback (`check_listener`)."""
     out = out or sys.stdout
     sock = bind_listener(host, port)
     try:
         token = gateway_token(app.home, required=app.settings.gateway.require_token)
         ui = create_ui_app(app, token=token, allowed_hosts=allowed_hosts_for(host))
-        config = uvicorn.Config(standalone_app(ui), log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
+        config = uvicorn.Config(
+            standalone_app(ui),
+            log_level="warning",
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+            ssl_certfile=str(tls.cert) if tls is not None else None,
+            ssl_keyfile=str(tls.key) if tls is not None else None,
+        )
         server = _Uvicorn(config)
-        url = page_url(host, sock.getsockname()[1])
+        url = page_url(host, sock.getsockname()[1], https=tls is not None)
         print(f"Bastion UI: {url}", file=out, flush=True)
         if token is not None:
             print(f"  sign in once per browser at {url}login with the gateway token", file=out, flush=True)

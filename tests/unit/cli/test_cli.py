@@ -137,6 +137,13 @@ def test_gateway_run_off_loopback_without_tls_names_the_flags_to_add(runner: Cli
     assert "--tls-cert FILE --tls-key FILE" in result.output and "--insecure-http" in result.output
 
 
+def test_ui_off_loopback_without_tls_names_the_flags_to_add(runner: CliRunner) -> None:
+    """`bastion ui` too: its sign-in POST and session cookie would cross the network in clear."""
+    result = runner.invoke(cli, ["ui", "--host", "192.0.2.1"])
+    assert result.exit_code == 1
+    assert "--tls-cert FILE --tls-key FILE" in result.output and "--insecure-http" in result.output
+
+
 def test_gateway_run_wants_both_tls_files(runner: CliRunner, tmp_path: Path) -> None:
     cert = tmp_path / "cert.pem"
     cert.write_text("not a certificate")
