@@ -342,6 +342,66 @@ async def test_a_trickled_body_gets_408_while_other_clients_are_served(home: Pat
     assert events == ["served", "served", "served", "408"]
 
 
+@pytest.fixture(params=["lane", "asgi", "uvicorn"])
+def protocol(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The listener's protocol: the fast lane's, the coalescing one, or uvicorn's own (the
+    benchmarks' off switches); each keeps the header deadline."""
+    if request.param == "asgi":
+        monkeypatch.setenv("BASTION_FAST_LANE", "0")
+    elif request.param == "uvicorn":
+        monkeypatch.setenv("BASTION_COALESCE", "0")
+    return str(request.param)
+
+
+@pytest.mark.anyio
+async def test_headers_trickled_a_byte_at_a_time_get_408_while_other_clients_are_served(
+    home: Path, protocol: str
+) -> None:
+    """Point 14 (slowloris on the headers): uvicorn times only the gap between keep-alive
+    requests, so a client sending its request head slowly held a connection for ever."""
+    async with listening(home, limits=ListenerLimits(head_timeout=1.0)) as base:
+        token = (home / "gateway-token").read_text().strip()
+        head = post_head(len(PING), f"authorization: Bearer {token}")
+        events: list[str] = []
+
+        async def trickle(conn: Raw) -> None:
+            with contextlib.suppress(anyio.BrokenResourceError, ConnectionResetError):
+                for byte in head:
+                    await conn.stream.send(bytes([byte]))
+                    await anyio.sleep(0.2)
+
+        slow, silent = await Raw.open(base), await Raw.open(base)
+        async with slow.stream, silent.stream, anyio.create_task_group() as tg:
+            tg.start_soon(trickle, slow)
+            async with httpx2.AsyncClient(base_url=base, trust_env=False, timeout=5) as http:
+                for _ in range(3):
+                    health = await http.get("/health", headers={"authorization": f"Bearer {token}"})
+                    assert health.status_code == 200
+                    events.append("served")
+            reply = await slow.response(timeout=8)
+            events.append("408" if status_of(reply) == 408 else f"got {reply[:40]!r}")
+            assert await slow.closed()
+            assert status_of(await silent.response(timeout=8)) == 408  # a connection that sends nothing
+            assert await silent.closed()
+            tg.cancel_scope.cancel()
+    assert events == ["served", "served", "served", "408"]
+
+
+@pytest.mark.anyio
+async def test_a_keep_alive_connection_gets_the_header_deadline_for_each_request(home: Path) -> None:
+    async with listening(home, limits=ListenerLimits(head_timeout=1.0)) as base:
+        token = (home / "gateway-token").read_text().strip()
+        conn = await Raw.open(base)
+        async with conn.stream:
+            request = f"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\n\r\n"
+            await conn.stream.send(request.encode())
+            assert status_of(await conn.response()) == 200
+            conn.received = b""
+            await conn.stream.send(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n")  # and no end of head
+            assert status_of(await conn.response(timeout=8)) == 408
+            assert await conn.closed()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("path", ["/health", "/mcp"])
 async def test_beyond_the_connection_limit_requests_get_503(home: Path, path: str) -> None:

@@ -12,13 +12,19 @@ leave as they are produced, one step later at most.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from bastion.gateway.switches import switched_on
 
 COALESCE_ENV: Final = "BASTION_COALESCE"
+HEAD_TIMEOUT: Final = 10.0
+"""Seconds from a connection's first byte (or its opening) to the end of a request's headers."""
+_HEAD_TIMEOUT_REPLY: Final = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+    b"content-length: 38\r\nconnection: close\r\n\r\nrequest headers did not arrive in time\n"
+)
 
 
 def coalesce_enabled() -> bool:
@@ -82,10 +88,61 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a `CoalescingTransport` (pass as `uvicorn.Config(http=...)`)."""
+class HeadDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline on request headers (slowloris).
+
+    uvicorn times only the idle gap between keep-alive requests: a client that opens a connection
+    and sends its headers a byte at a time holds it (and a slot of `limit_concurrency`) forever.
+    Here a timer runs from the connection's opening, and from the first byte of each later
+    request, to the end of that request's headers; past `head_timeout` the client gets 408 and
+    the connection is closed. Body deadlines are the app's and the fast lane's (security.py)."""
+
+    head_timeout: ClassVar[float] = HEAD_TIMEOUT
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_head_timer()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm_head_timer()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_too_slow)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        self.transport.write(_HEAD_TIMEOUT_REPLY)
+        self.transport.close()
+
+
+def with_head_timeout(protocol: type[HeadDeadlineProtocol], seconds: float) -> type[HeadDeadlineProtocol]:
+    """`protocol` with its own header deadline (for `uvicorn.Config(http=...)`)."""
+    return type(protocol.__name__, (protocol,), {"head_timeout": seconds})
+
+
+class CoalescingHttpToolsProtocol(HeadDeadlineProtocol):
+    """uvicorn's httptools protocol on a `CoalescingTransport` (pass as `uvicorn.Config(http=...)`),
+    with the header deadline of `HeadDeadlineProtocol`."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: uvloop's transports do not subclass asyncio.Transport.
         wrapped = CoalescingTransport(cast(asyncio.Transport, transport), self.loop)
-        super().connection_made(wrapped)  # type: ignore[arg-type]
+        super().connection_made(cast(asyncio.BaseTransport, wrapped))

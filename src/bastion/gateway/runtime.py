@@ -41,7 +41,13 @@ from bastion.config.catalog import CatalogEntry
 from bastion.config.paths import bastion_home
 from bastion.config.settings import GatewaySettings
 from bastion.errors import GatewayError, NeedsAuthorizationError, UpstreamError
-from bastion.gateway.coalesce import CoalescingHttpToolsProtocol, coalesce_enabled
+from bastion.gateway.coalesce import (
+    HEAD_TIMEOUT,
+    CoalescingHttpToolsProtocol,
+    HeadDeadlineProtocol,
+    coalesce_enabled,
+    with_head_timeout,
+)
 from bastion.gateway.front import FastLane, fast_lane_enabled, fast_lane_protocol
 from bastion.gateway.naming import SEPARATOR
 from bastion.gateway.pool import Pool
@@ -323,6 +329,9 @@ class _NullContext:
 class ListenerLimits:
     """Bounds on what clients of the HTTP listener can hold (slowloris, connection floods)."""
 
+    head_timeout: float = HEAD_TIMEOUT
+    """Seconds from a connection's opening (or a request's first byte) to the end of its headers;
+    then 408 and close (uvicorn itself times only the idle gap between keep-alive requests)."""
     body_timeout: float = BODY_TIMEOUT
     """Seconds from a request's headers to the last byte of its body; then 408 and close."""
     max_connections: int = 256
@@ -416,11 +425,12 @@ async def _serve_http(
     # The deadline is outermost, so /ui's forms get it too; Host/Origin/token are screened from
     # the headers before anything reads a body (GatewaySecurityMiddleware never reads it).
     app: ASGIApp = BodyDeadlineMiddleware(security if wrap is None else wrap(security, token), limits.body_timeout)
-    protocol: type[asyncio.Protocol] | str = "auto"
+    protocol: type[HeadDeadlineProtocol] = HeadDeadlineProtocol
     if coalesce_enabled():
         protocol = CoalescingHttpToolsProtocol
         if fast_lane_enabled():
             protocol = fast_lane_protocol(FastLane(security, inner.state.lean_path, body_timeout=limits.body_timeout))
+    protocol = with_head_timeout(protocol, limits.head_timeout)
     tls = listener.tls
     config = uvicorn.Config(
         app,
