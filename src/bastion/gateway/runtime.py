@@ -13,7 +13,6 @@ routing snapshot, so a request sees the old or the new set of upstreams, never h
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
