@@ -468,9 +468,12 @@ async def test_plain_http_off_loopback_is_refused_with_the_flags_to_add(home: Pa
     """Point 13: off loopback (192.0.2.1: TEST-NET, never bound here) TLS is required unless
     --insecure-http is given; with it, the listener goes on to bind (and fails: not our address)."""
     gateway = Gateway([], GatewaySettings())
-    with pytest.raises(GatewayError) as refused:
-        await run_gateway(gateway, "streamable-http", "192.0.2.1", 8811, home=home)
-    assert "--tls-cert" in str(refused.value) and "--insecure-http" in str(refused.value)
-    with pytest.raises(GatewayError) as bind:
-        await run_gateway(gateway, "streamable-http", "192.0.2.1", 8811, home=home, insecure_http=True)
-    assert "cannot listen" in str(bind.value)
+    try:
+        with pytest.raises(GatewayError) as refused:
+            await run_gateway(gateway, "streamable-http", "192.0.2.1", 8811, home=home)
+        assert "--tls-cert" in str(refused.value) and "--insecure-http" in str(refused.value)
+        with pytest.raises(GatewayError) as bind:
+            await run_gateway(gateway, "streamable-http", "192.0.2.1", 8811, home=home, insecure_http=True)
+        assert "cannot listen" in str(bind.value)
+    finally:
+        await gateway.aclose()  # it was never started

@@ -245,6 +245,18 @@ async def test_a_token_in_the_url_signs_nobody_in(bastion: Bastion) -> None:
         assert (await http.get("/ui/fragment")).status_code == 401
 
 
+@pytest.mark.parametrize(
+    "path", ["/ui/oauth/callbackx", "/ui/oauth/callback/a/b", "/ui/oauth/callback/", "/ui/fragment"]
+)
+async def test_only_the_sign_in_and_the_callback_paths_skip_the_token(bastion: Bastion, path: str) -> None:
+    """The callback is exempt on its own path and one issuer key below it, nowhere else."""
+    _, app = served(bastion, token="the-gateway-token")
+    async with client(app) as http:
+        assert (await http.get(path)).status_code == 401
+        stranger = await http.get("/ui/oauth/callback/0123456789abcdef", params={"state": "forged", "code": "x"})
+        assert stranger.status_code == 400 and "Unknown or expired" in stranger.text
+
+
 async def test_the_token_itself_is_no_session_cookie_and_the_cookie_no_bearer_token(bastion: Bastion) -> None:
     """A stolen cookie cannot be replayed as the gateway token at /mcp, and the old cookie is gone."""
     _, app = served(bastion, token="the-gateway-token")

@@ -133,6 +133,7 @@ class Gateway:
         """Stop every upstream (stdio children are terminated with their process groups)."""
         stack, self._stack = self._stack, None
         if stack is None:
+            self.notifier.close()  # never started: nothing runs, but its queue is open
             return
         assert self._tg is not None
         self._tg.cancel_scope.cancel()

@@ -134,6 +134,7 @@ class ChangeNotifier:
 
     def close(self) -> None:
         self._send.close()
+        self._receive.close()  # `run` may never have started (a gateway that was never started)
 
     @property
     def legacy_sessions(self) -> int:

@@ -12,7 +12,7 @@ for the POST handlers:
    for /mcp; HttpOnly, SameSite=Strict; over https it is `__Host-bastion_session` (Secure, Path=/),
    over plain http (loopback, or `--insecure-http`) `bastion_session` without Secure, since
    browsers drop a `__Host-` or Secure cookie set by an http page. Compared in constant time.
-   Two routes check no token: `/login` itself, and `/oauth/callback`, which the authorization
+   Two routes check no token: `/login` itself, and `/oauth/callback[/<issuer key>]`, which the authorization
    server's cross-site redirect reaches without a SameSite=Strict cookie; it is authenticated by
    its single-use `state` instead (unknown states change nothing). Without a token (the explicit
    opt-out) only loopback clients are served.
@@ -50,6 +50,17 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ALLOWED_FETCH_SITES = frozenset({"same-origin", "none"})
 LOGIN_PATH = "/login"
 CALLBACK_PATH = "/oauth/callback"
+"""The callback, and below it one path per issuer (`/oauth/callback/<issuer key>`, rfc9207.py)."""
+
+
+def _exempt(path: str) -> bool:
+    """The routes that check no token: the sign-in form, and the OAuth callback on any issuer's path
+    (one segment below `CALLBACK_PATH`), which a SameSite=Strict cookie does not reach."""
+    if path in (LOGIN_PATH, CALLBACK_PATH):
+        return True
+    parent, _, key = path.rpartition("/")
+    return parent == CALLBACK_PATH and bool(key)
+
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -202,7 +213,7 @@ class UISecurityMiddleware:
             if client is None or not is_loopback_host(str(client[0])):
                 return 403, "This page is reachable from this machine only (no gateway token is configured)."
             return None
-        if _route_path(scope) in (LOGIN_PATH, CALLBACK_PATH):
+        if _exempt(_route_path(scope)):
             return None  # the sign-in checks the token itself; the callback its single-use state
         bearer = bearer_token(headers.get("authorization"))
         if bearer is not None:
