@@ -35,6 +35,7 @@ from mcp.client.session import ClientSession, IncomingMessage
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared._stream_protocols import ReadStream
 from mcp.shared.dispatcher import CallOptions, Dispatcher, ProgressFnT
 from mcp.shared.exceptions import MCPError
@@ -48,6 +49,7 @@ from bastion.config.catalog import CatalogEntry
 from bastion.config.settings import GatewaySettings
 from bastion.errors import NeedsAuthorizationError, SecretNotAllowedError, UpstreamError
 from bastion.gateway.auth import UpstreamBearerAuth, plain_http_problem, token_destination_problem
+from bastion.gateway.httpcap import cap_responses
 from bastion.gateway.rawhttp import LimitExceeded, RawHTTPError
 from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
@@ -447,13 +449,16 @@ class Upstream:
                 headers=headers,
                 timeout=self.settings.connect_timeout,
                 sse_read_timeout=max(SSE_READ_TIMEOUT, self._request_timeout),
+                httpx_client_factory=functools.partial(_capped_client, self.name),
                 auth=auth,
             )
             return transport, None
         # One client per session, reused by every request on it (no per-call client), on the
         # process's one TLS context: building one per client cost ~25 ms each, half the start-up
         # time of 100 upstreams (docs/benchmarks.md).
-        http_client = httpx2.AsyncClient(headers=headers, auth=auth, timeout=timeout, verify=_tls_context())
+        http_client = cap_responses(
+            httpx2.AsyncClient(headers=headers, auth=auth, timeout=timeout, verify=_tls_context()), self.name
+        )
         wire = self._wire_channel(remote.url, http_client, auth)
         if wire is not None:
             stack.callback(wire.close)
@@ -791,6 +796,16 @@ def _proxied(url: str, http_client: httpx2.AsyncClient) -> bool:
         return route(httpx2.URL(url)) is not direct
     except httpx2.InvalidURL:
         return True  # httpx2 cannot route it either; the small client is not the one to try
+
+
+def _capped_client(
+    server: str,
+    headers: dict[str, str] | None = None,
+    timeout: httpx2.Timeout | None = None,
+    auth: httpx2.Auth | None = None,
+) -> httpx2.AsyncClient:
+    """The SSE transport's client: the SDK's, with the reply caps of httpcap.py."""
+    return cap_responses(create_mcp_http_client(headers=headers, timeout=timeout, auth=auth), server)
 
 
 @functools.cache
