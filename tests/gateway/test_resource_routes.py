@@ -23,6 +23,7 @@ class FakeUpstream:
     listing: Listing
     state: UpstreamState = UpstreamState.READY
     reads: list[str] = field(default_factory=list)
+    prefix: str | None = None
 
     async def send(self, request: Any, progress: Any = None) -> dict[str, Any]:
         self.reads.append(request.params.uri)

@@ -503,6 +503,7 @@ async def tools_ls(server: str | None, as_json: bool) -> None:
     async with open_app() as app, Runtime(app, only=[server] if server else None, watch=False) as runtime:
         listed = await runtime.gateway.list_tools()
         problems = [s for s in runtime.gateway.status() if s.state.value != "ready"]
+        collisions = runtime.gateway.pool.routes.collisions
     if as_json:
         click.echo(json.dumps([t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in listed], indent=2))
     else:
@@ -514,6 +515,8 @@ async def tools_ls(server: str | None, as_json: bool) -> None:
             terminal_text(f"warning: {status.name} is {status.state.value}: {status.last_error or ''}".rstrip()),
             err=True,
         )
+    for collision in collisions:
+        click.echo(terminal_text(f"note: {collision}"), err=True)
 
 
 def _parse_arguments(pairs: tuple[str, ...], json_args: str | None) -> dict[str, Any]:

@@ -25,6 +25,7 @@ The built-in catalog (`builtin_catalog.yaml`, data only) is loaded first; the us
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -33,6 +34,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bastion.errors import ConfigError, UnknownServerError
+
+_ORDINARY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*(?:_[A-Za-z0-9.-]+)*")
+MAX_PREFIX = 52
+"""The longest prefix whose cut tool names still begin with `<prefix>__` (gateway/naming.py)."""
+
+
+def is_ordinary_name(name: str) -> bool:
+    """Starts with a letter or digit, only `A-Za-z0-9._-`, no `__`, does not end with `_`: reading
+    `<name>__<tool>` up to its first `__` gives `name` back (docs/naming.md)."""
+    return _ORDINARY_NAME.fullmatch(name) is not None
+
 
 OAUTH_SECRETS: Final = "oauth:"
 """The namespace of the secrets Bastion uses itself (client secrets, private keys of client
@@ -156,6 +168,9 @@ class CatalogEntry(_Entry):
     command: list[str] = Field(default_factory=list)
     env: list[EnvSpec] = Field(default_factory=list)
     secrets: list[SecretSpec] = Field(default_factory=list)
+    prefix: str | None = None
+    """The first part of this server's exposed names (`<prefix>__<tool>`; default: its name). An
+    ordinary name (docs/naming.md) of at most 52 characters."""
     source: str = "builtin"
     """The file the entry came from (for error messages)."""
 
@@ -172,6 +187,16 @@ class CatalogEntry(_Entry):
         # Docker's catalog sometimes writes `oauth: [ {provider: ...} ]`.
         if isinstance(value, list):
             return {"providers": value}
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _ordinary_prefix(cls, value: str | None) -> str | None:
+        if value is not None and not (is_ordinary_name(value) and len(value) <= MAX_PREFIX):
+            raise ValueError(
+                "`prefix` must start with a letter or digit, hold only A-Z a-z 0-9 . - _, have no `__`, "
+                "not end with `_`, and be at most 52 characters"
+            )
         return value
 
     @model_validator(mode="after")

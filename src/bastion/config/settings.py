@@ -3,7 +3,8 @@
 features: {oauth-dcr: true}
 store: {backend: file | keyring | redis, url: redis://127.0.0.1:6379/0, prefix: "bastion:"}
 oauth: {callback_port: 5175, callback_timeout: 300, client_id_metadata_document: https://...}
-gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60, startup_wait: 15, require_token: true}
+gateway: {connect_timeout: 15, request_timeout: 60, refresh_margin: 60, startup_wait: 15, require_token: true,
+          naming: prefixed | bare}
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class GatewaySettings(BaseModel):
     request_timeout: float = Field(60.0, gt=0)
     refresh_margin: float = Field(60.0, ge=0)
     """Refresh an access token this many seconds before it expires."""
+    naming: Literal["prefixed", "bare"] = "prefixed"
+    """`prefixed`: tools and prompts as `<prefix>__<name>` (stable whatever else is enabled);
+    `bare`: the upstream's own names, prefixed only where two servers share one (docs/naming.md)."""
     startup_wait: float | None = Field(None, ge=0)
     """A client's first listing waits this long at most for the servers still starting
     (gateway/startup.py); default: `connect_timeout`. 0 turns the wait off."""

@@ -1,8 +1,9 @@
 """How the gateway names what its upstreams offer (see docs/naming.md).
 
 Every tool and prompt of an ordinary server is exposed as ``<server>__<name>``: the catalog
-name of the server, two underscores, the upstream's own name. The exposed name is a pure
-function of the pair, so enabling another server never renames anything, and the mapping is
+name of the server (or its entry's ``prefix:``), two underscores, the upstream's own name.
+(`naming: bare` keeps the upstream's own names where no two servers share one: pool.py `_bare`.)
+The exposed name is a pure function of the pair, so enabling another server never renames anything, and the mapping is
 injective: no two (server, name) pairs of different servers ever share an exposed name.
 
 The result is always a valid MCP tool name (SEP-986: 1-128 chars of ``A-Za-z0-9._-``) of at
@@ -34,6 +35,8 @@ import re
 
 from mcp.shared.tool_name_validation import TOOL_NAME_REGEX
 
+from bastion.config.catalog import is_ordinary_name
+
 SEPARATOR = "__"
 MAX_NAME_LENGTH = 64
 ESCAPE = "_"
@@ -41,9 +44,9 @@ ESCAPE = "_"
 _CUT_HASH = 8
 _ESCAPED_HASH = 16
 MAX_CUT_SERVER = MAX_NAME_LENGTH - _CUT_HASH - 1 - len(SEPARATOR) - 1
-"""The longest server name whose cut names still keep `<server>__` and one character of the tool name."""
+"""The longest server name whose cut names still keep `<server>__` and one character of the tool name
+(`config.catalog.MAX_PREFIX`, the longest `prefix:` an entry may set, is this number; a test checks it)."""
 _INVALID = re.compile(r"[^A-Za-z0-9._-]")
-_ORDINARY_SERVER = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*(?:_[A-Za-z0-9.-]+)*")
 
 
 def _digest(server: str, name: str, length: int) -> str:
@@ -53,7 +56,7 @@ def _digest(server: str, name: str, length: int) -> str:
 def is_ordinary_server(server: str) -> bool:
     """True when reading `<server>__<name>` up to its first `__` gives `server` back, and nothing
     else: the server's tools may keep the plain form."""
-    return _ORDINARY_SERVER.fullmatch(server) is not None
+    return is_ordinary_name(server)
 
 
 def exposed_name(server: str, name: str) -> str:
@@ -65,6 +68,13 @@ def exposed_name(server: str, name: str) -> str:
         if len(server) <= MAX_CUT_SERVER:
             safe = _INVALID.sub("_", plain)[: MAX_NAME_LENGTH - _CUT_HASH - 1]
             return f"{safe}-{_digest(server, name, _CUT_HASH)}"
+    return escaped_name(server, name)
+
+
+def escaped_name(server: str, name: str) -> str:
+    """The escaped form of the pair: `_<server and name made valid>-<16 hex>`. Used for servers
+    whose names are not ordinary, and for a server whose `prefix:` another server holds."""
+    plain = f"{server}{SEPARATOR}{name}"
     safe = _INVALID.sub("_", plain)[: MAX_NAME_LENGTH - len(ESCAPE) - _ESCAPED_HASH - 1]
     return f"{ESCAPE}{safe}-{_digest(server, name, _ESCAPED_HASH)}"
 

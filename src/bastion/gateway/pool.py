@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import mcp_types as types
 from mcp.shared.dispatcher import ProgressFnT
@@ -21,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.uri_template import InvalidUriTemplate, UriTemplate
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, SERVER_INFO_META_KEY
 
-from bastion.gateway.naming import SEPARATOR, exposed_name
+from bastion.gateway.naming import SEPARATOR, escaped_name, exposed_name
 from bastion.gateway.startup import StartupGate
 from bastion.gateway.upstream import Listing, Upstream, UpstreamState
 
@@ -118,6 +118,15 @@ class Routes:
         )
 
 
+Naming = Literal["prefixed", "bare"]
+"""`gateway: {naming}`: `prefixed` exposes `<prefix>__<name>` (the default: stable whatever else
+is enabled); `bare` exposes the upstream's own names, as Docker's gateway does, and gives the
+prefixed form to the names two servers share (docs/naming.md)."""
+
+_Item = tuple[str, Route, dict[str, Any]]
+"""(exposed name, route, wire form with that name)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Exposed:
     """One upstream's listing as the gateway exposes it, computed once per listing: the pydantic
@@ -125,34 +134,84 @@ class _Exposed:
     change of every upstream (100 upstreams starting = hundreds of rebuilds)."""
 
     listing: Listing
-    tools: tuple[tuple[str, Route, dict[str, Any]], ...]
-    prompts: tuple[tuple[str, Route, dict[str, Any]], ...]
-    resources: tuple[tuple[str, Route, dict[str, Any]], ...]
+    key: tuple[str, bool]
+    """(the prefix its names were built with, whether they are escaped): recomputed when it changes."""
+    tools: tuple[_Item, ...]
+    prompts: tuple[_Item, ...]
+    resources: tuple[_Item, ...]
     templates: tuple[tuple[str, dict[str, Any]], ...]
 
 
-def _expose(server: str, listing: Listing) -> _Exposed:
+def _expose(server: str, listing: Listing, prefix: str | None = None, *, escaped: bool = False) -> _Exposed:
+    """`server`'s listing with its prefixed names: `<prefix>__<name>` (the prefix defaults to the
+    server's name), or the escaped form of the server's own name when another server holds the prefix."""
+    key = prefix or server
+
+    def name_of(original: str) -> str:
+        return escaped_name(server, original) if escaped else exposed_name(key, original)
+
     tools = tuple(
         (name, Route(server, tool.name), {**_dump(tool), "name": name})
         for tool in listing.tools
-        for name in (exposed_name(server, tool.name),)
+        for name in (name_of(tool.name),)
     )
     prompts = tuple(
         (name, Route(server, prompt.name), {**_dump(prompt), "name": name})
         for prompt in listing.prompts
-        for name in (exposed_name(server, prompt.name),)
+        for name in (name_of(prompt.name),)
     )
     resources = tuple(
         (uri, Route(server, uri), _dump(resource)) for resource in listing.resources for uri in (str(resource.uri),)
     )
     templates = tuple((template.uri_template, _dump(template)) for template in listing.resource_templates)
-    return _Exposed(listing, tools, prompts, resources, templates)
+    return _Exposed(listing, (key, escaped), tools, prompts, resources, templates)
 
 
-def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | None = None) -> Routes:
+def _bare(kind: str, per_server: list[tuple[_Item, ...]], collisions: list[str]) -> list[_Item]:
+    """`naming: bare`: each item under the upstream's own name, unless two servers share it — then
+    each of them keeps its prefixed name — or it equals a prefixed name given out that way (then
+    it is prefixed too, until nothing clashes). Prefixed names never clash among themselves, so
+    the result is injective; the clashes are reported in `collisions`."""
+    items = [item for group in per_server for item in group]
+    owners: dict[str, list[_Item]] = {}
+    for item in items:
+        owners.setdefault(item[1].name, []).append(item)
+    prefixed = {(item[1].server, item[1].name) for group in owners.values() if len(group) > 1 for item in group}
+    while True:
+        taken = {item[0] for item in items if (item[1].server, item[1].name) in prefixed}
+        more = {
+            (item[1].server, item[1].name)
+            for item in items
+            if (item[1].server, item[1].name) not in prefixed and item[1].name in taken
+        }
+        if not more:
+            break
+        prefixed |= more
+    for name, group in owners.items():
+        if len(group) > 1:
+            shown = ", ".join(f"{item[0]!r} ({item[1].server})" for item in group)
+            message = f"{kind} {name!r} is offered by {len(group)} servers; exposed as {shown}"
+            logger.warning("%s", message)
+            collisions.append(message)
+    chosen: list[_Item] = []
+    for item in items:
+        exposed, route, wire = item
+        if (route.server, route.name) in prefixed:
+            chosen.append(item)
+        else:
+            chosen.append((route.name, route, {**wire, "name": route.name}))
+    return chosen
+
+
+def build_routes(
+    upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | None = None, naming: Naming = "prefixed"
+) -> Routes:
     """Aggregate the listings of the ready upstreams, in server-name order.
 
-    Exposed tool and prompt names cannot collide by construction (see naming.py); resource URIs
+    Exposed tool and prompt names cannot collide by construction (see naming.py): each server's
+    names begin with its prefix (its `prefix:` or its name); a server asking for a prefix another
+    server (first by name) holds gets escaped names, reported in `collisions`. With `naming:
+    bare`, names are the upstream's own except where two servers share one (`_bare`). Resource URIs
     are not renamed, so two servers may claim one: the first server (by name) serves it and the
     clash is logged and reported in `collisions`, never shadowed silently.
 
@@ -196,15 +255,37 @@ def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | Non
             table[name] = route
             wire_list.append(wire)
 
-    for upstream in sorted(upstreams, key=lambda u: u.name):
-        if upstream.state is not UpstreamState.READY:
-            continue
+    ready = [upstream for upstream in sorted(upstreams, key=lambda u: u.name) if upstream.state is UpstreamState.READY]
+    # A server's own name is its prefix unless it sets `prefix:`; own names are claimed first (no
+    # `prefix:` can take a server's name from it), then explicit prefixes in server-name order.
+    prefix_holders: dict[str, str] = {}
+    for upstream in sorted(ready, key=lambda u: u.prefix is not None):
+        prefix_holders.setdefault(upstream.prefix or upstream.name, upstream.name)
+    exposures: list[tuple[str, _Exposed]] = []
+    for upstream in ready:
         server, listing = upstream.name, upstream.listing
+        prefix = upstream.prefix or server
+        holder = prefix_holders[prefix]
+        escaped = holder != server
+        if escaped:
+            message = (
+                f"server {server!r} asks for the prefix {prefix!r}, which server {holder!r} uses: "
+                f"its tools and prompts get escaped names (give it another `prefix:`)"
+            )
+            logger.warning("%s", message)
+            collisions.append(message)
         exposed = cache.get(server)
-        if exposed is None or exposed.listing is not listing:
-            exposed = cache[server] = _expose(server, listing)
-        merge("tool", exposed.tools, tools, tools_wire)
-        merge("prompt", exposed.prompts, prompts, prompts_wire)
+        if exposed is None or exposed.listing is not listing or exposed.key != (prefix, escaped):
+            exposed = cache[server] = _expose(server, listing, prefix, escaped=escaped)
+        exposures.append((server, exposed))
+    if naming == "bare":
+        merge("tool", _bare("tool", [e.tools for _, e in exposures], collisions), tools, tools_wire)
+        merge("prompt", _bare("prompt", [e.prompts for _, e in exposures], collisions), prompts, prompts_wire)
+    else:
+        for _, exposed in exposures:
+            merge("tool", exposed.tools, tools, tools_wire)
+            merge("prompt", exposed.prompts, prompts, prompts_wire)
+    for server, exposed in exposures:
         merge("resource", exposed.resources, resources, resources_wire)
         for raw, wire in exposed.templates:
             if (first := template_owners.get(raw)) is not None:
@@ -253,7 +334,8 @@ def build_routes(upstreams: Iterable[Upstream], cache: dict[str, _Exposed] | Non
 class Pool:
     """The upstreams by name, and the current routing snapshot."""
 
-    def __init__(self, on_routes_changed: Callable[[Changes], None]) -> None:
+    def __init__(self, on_routes_changed: Callable[[Changes], None], naming: Naming = "prefixed") -> None:
+        self.naming: Naming = naming
         self.upstreams: dict[str, Upstream] = {}
         self.routes = Routes()
         self._on_routes_changed = on_routes_changed
@@ -267,7 +349,7 @@ class Pool:
         (each upstream's listing is dumped and renamed once, see `_Exposed`)."""
         for gone in self._exposed.keys() - self.upstreams.keys():
             del self._exposed[gone]
-        new = build_routes(self.upstreams.values(), self._exposed)
+        new = build_routes(self.upstreams.values(), self._exposed, self.naming)
         changes = new.diff(self.routes)
         self.routes = new
         if changes:

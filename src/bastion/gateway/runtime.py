@@ -88,7 +88,7 @@ class Gateway:
         self._token_provider = token_provider
         self._secret_lookup = secret_lookup or _no_secrets
         self.notifier = ChangeNotifier()
-        self.pool = Pool(self.notifier.publish)
+        self.pool = Pool(self.notifier.publish, naming=settings.naming)
         self.server: GatewayServer = build_server(self.pool, self.notifier)
         self._handles: dict[str, UpstreamHandle] = {}
         self._lock = anyio.Lock()

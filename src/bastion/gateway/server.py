@@ -253,7 +253,11 @@ def build_server(pool: Pool, notifier: ChangeNotifier) -> GatewayServer:
     server = GatewayServer(
         SERVER_NAME,
         version="0.1.0",
-        instructions="Bastion gateway: tools are named <server>__<tool>.",
+        instructions=(
+            "Bastion gateway: tools are named <server>__<tool>."
+            if pool.naming == "prefixed"
+            else "Bastion gateway: tools keep their servers' own names; a name two servers share is <server>__<tool>."
+        ),
         on_subscriptions_listen=ListenHandler(notifier.bus),
     )
     # Per-message OpenTelemetry spans cost CPU on the hot path and nothing is exported here.

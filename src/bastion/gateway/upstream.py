@@ -284,6 +284,8 @@ class Upstream:
     ) -> None:
         self.entry = entry
         self.name = entry.name
+        self.prefix = entry.prefix
+        """The catalog entry's `prefix:` for exposed names (None: the server's name)."""
         self.settings = settings
         self.transport = transport_kind(entry)
         self.state = UpstreamState.DISCONNECTED
