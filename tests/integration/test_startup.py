@@ -123,7 +123,9 @@ async def test_http_gateway_listens_at_once_and_its_first_listing_waits(home: Ho
 
 
 async def test_a_never_answering_server_holds_the_first_listing_only_until_the_bound(home: Home) -> None:
-    home.write_config({"gateway": {"startup_wait": 1, "connect_timeout": 60}})
+    # The bound is far below the silent server's connect_timeout but leaves the fast server time
+    # to start on a loaded machine (at 1 s, a CI run once listed before either was up).
+    home.write_config({"gateway": {"startup_wait": 8, "connect_timeout": 60}})
     home.write_catalog({"silent": {"type": "server", "command": [sys.executable, SILENT]}, "fast": echo("fast")})
     home.run("server", "enable", "silent", "fast")
     async with Client(home.stdio_params(), mode="legacy") as client:
