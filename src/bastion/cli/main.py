@@ -19,6 +19,7 @@ import click
 from bastion.text import TerminalFormatter, terminal_text
 
 if TYPE_CHECKING:
+    from bastion.gateway.runtime import TLSFiles
     from bastion.service import Bastion
 
 T = TypeVar("T")
@@ -426,6 +427,31 @@ def gateway() -> None:
     """Run the gateway."""
 
 
+def listener_tls_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`--tls-cert/--tls-key/--insecure-http`, for the commands that listen on HTTP."""
+    fn = click.option(
+        "--insecure-http", is_flag=True, help="Serve plain http off loopback (e.g. TLS ends at a proxy)."
+    )(fn)
+    fn = click.option(
+        "--tls-key", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM private key."
+    )(fn)
+    return click.option(
+        "--tls-cert", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM certificate."
+    )(fn)
+
+
+def tls_files(tls_cert: str | None, tls_key: str | None) -> TLSFiles | None:
+    """The `--tls-cert/--tls-key` pair (both or neither)."""
+    from pathlib import Path
+
+    from bastion.errors import ConfigError
+    from bastion.gateway.runtime import TLSFiles  # lazy: keeps `bastion --help` fast
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
+    return TLSFiles(Path(tls_cert), Path(tls_key)) if tls_cert is not None and tls_key is not None else None
+
+
 @gateway.command("run")
 @click.option("--transport", type=click.Choice(["stdio", "streamable-http", "sse"]), default="stdio", show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (HTTP transports).")
@@ -436,9 +462,7 @@ def gateway() -> None:
     is_flag=True,
     help="Let clients in without the gateway token (any local process can then use the gateway; warned).",
 )
-@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM certificate.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM private key.")
-@click.option("--insecure-http", is_flag=True, help="Serve plain http off loopback (e.g. TLS ends at a proxy).")
+@listener_tls_options
 @run_async
 async def gateway_run(
     transport: str,
@@ -454,15 +478,10 @@ async def gateway_run(
 
     On the HTTP transports every client sends `Authorization: Bearer <gateway token>` (the token
     in $BASTION_HOME/gateway-token, or $BASTION_GATEWAY_TOKEN); off loopback they need TLS."""
-    from pathlib import Path
-
-    from bastion.errors import ConfigError
-    from bastion.gateway.runtime import TLSFiles, run_gateway
+    from bastion.gateway.runtime import run_gateway
     from bastion.serve import Runtime
 
-    if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
-    tls = TLSFiles(Path(tls_cert), Path(tls_key)) if tls_cert is not None and tls_key is not None else None
+    tls = tls_files(tls_cert, tls_key)
     only = [s.strip() for s in servers.split(",") if s.strip()] if servers else None
     async with open_app() as app, Runtime(app, only=only, wait=False) as runtime:
 
@@ -628,9 +647,7 @@ def client_disconnect(name: str) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (others need the gateway token).")
 @click.option("--port", type=int, default=8812, show_default=True, help="Port (0 picks a free one).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the browser.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM certificate.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, path_type=str), default=None, help="PEM private key.")
-@click.option("--insecure-http", is_flag=True, help="Serve plain http off loopback (e.g. TLS ends at a proxy).")
+@listener_tls_options
 @run_async
 async def ui(
     host: str, port: int, open_browser: bool, tls_cert: str | None, tls_key: str | None, insecure_http: bool
@@ -638,15 +655,10 @@ async def ui(
     """Serve the OAuth page: enabled servers, their OAuth state, Authorize / Revoke / Enable / Disable.
 
     Off loopback the sign-in and the session cookie cross a network: TLS, as for `gateway run`."""
-    from pathlib import Path
-
-    from bastion.errors import ConfigError
-    from bastion.gateway.runtime import TLSFiles, check_listener
+    from bastion.gateway.runtime import check_listener
     from bastion.web.serve import serve_ui  # lazy: keeps `bastion --help` fast
 
-    if (tls_cert is None) != (tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together", hint="give both, or neither")
-    tls = TLSFiles(Path(tls_cert), Path(tls_key)) if tls_cert is not None and tls_key is not None else None
+    tls = tls_files(tls_cert, tls_key)
     check_listener(host, tls, insecure_http)
     async with open_app() as app:
         await serve_ui(app, host=host, port=port, open_browser=open_browser, tls=tls)
