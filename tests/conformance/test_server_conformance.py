@@ -21,8 +21,8 @@ TIMEOUT = 600
 BARE_FLOOR = {
     ("2025-11-25", "gw-http-bare"): 56,
     ("2025-11-25", "gw-stdio-bare"): 56,
-    ("2026-07-28", "gw-http-bare"): 114,
-    ("2026-07-28", "gw-stdio-bare"): 114,
+    ("2026-07-28", "gw-http-bare"): 115,
+    ("2026-07-28", "gw-stdio-bare"): 115,
 }
 
 pytestmark = pytest.mark.conformance

@@ -8,6 +8,8 @@ from typing import Any
 
 import mcp_types as types
 import pytest
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
 
 from bastion.gateway.pool import Pool, build_routes, is_catch_all
 from bastion.gateway.upstream import Listing, UpstreamState
@@ -99,3 +101,16 @@ def test_templates_that_name_their_origin_are_kept(template: str) -> None:
 def test_two_servers_sharing_a_literal_prefix_is_reported() -> None:
     routes = build_routes([serving("a", "notes://{id}/x"), serving("b", "notes://{id}/y")])  # type: ignore[list-item]
     assert any("'a'" in clash and "'b'" in clash and "notes://" in clash for clash in routes.collisions)
+
+
+async def test_a_uri_no_server_serves_is_invalid_params_with_the_uri_in_data() -> None:
+    """SEP-2164 (2026-07-28): resource not found is -32602 and names the URI in `data.uri`."""
+    pool = Pool(lambda changes: None)
+    upstream = serving("notes", "notes://{id}")
+    pool.upstreams = {"notes": upstream}  # type: ignore[dict-item]
+    pool.rebuild()
+    with pytest.raises(MCPError) as missing:
+        await pool.read_resource_raw("other://nothing")
+    assert missing.value.error.code == INVALID_PARAMS
+    assert missing.value.error.data == {"uri": "other://nothing"}
+    assert upstream.reads == []

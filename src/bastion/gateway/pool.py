@@ -383,7 +383,8 @@ class Pool:
         """A URI no ready server claims: wait for the startup gate once, as `_missing_tool`."""
         route = (await self.settled_routes()).resource_route(uri)
         if route is None:
-            raise MCPError(code=INVALID_PARAMS, message=f"unknown resource {uri!r}")
+            # SEP-2164: Invalid Params, with the URI asked for in `data`.
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown resource {uri!r}", data={"uri": uri})
         return route
 
     def _raise_if_unavailable(self, name: str) -> None:
