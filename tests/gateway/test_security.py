@@ -29,6 +29,7 @@ from starlette.types import Receive, Scope, Send
 
 from bastion.config.settings import GatewaySettings
 from bastion.errors import GatewayError
+from bastion.gateway.coalesce import HEAD_TIMEOUT_MESSAGE
 from bastion.gateway.runtime import Gateway, ListenerLimits, TLSFiles, run_gateway
 from bastion.gateway.security import GatewaySecurityMiddleware, gateway_token, home_token, is_loopback_host
 
@@ -380,6 +381,7 @@ async def test_headers_trickled_a_byte_at_a_time_get_408_while_other_clients_are
                     events.append("served")
             reply = await slow.response(timeout=8)
             events.append("408" if status_of(reply) == 408 else f"got {reply[:40]!r}")
+            assert reply.endswith(b"\r\n\r\n" + HEAD_TIMEOUT_MESSAGE)  # framed by its own content-length
             assert await slow.closed()
             assert status_of(await silent.response(timeout=8)) == 408  # a connection that sends nothing
             assert await silent.closed()

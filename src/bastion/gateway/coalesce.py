@@ -21,10 +21,11 @@ from bastion.gateway.switches import switched_on
 COALESCE_ENV: Final = "BASTION_COALESCE"
 HEAD_TIMEOUT: Final = 10.0
 """Seconds from a connection's first byte (or its opening) to the end of a request's headers."""
+HEAD_TIMEOUT_MESSAGE: Final = b"request headers did not arrive in time\n"
 _HEAD_TIMEOUT_REPLY: Final = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: 38\r\nconnection: close\r\n\r\nrequest headers did not arrive in time\n"
-)
+    b"content-length: %d\r\nconnection: close\r\n\r\n" % len(HEAD_TIMEOUT_MESSAGE)
+) + HEAD_TIMEOUT_MESSAGE
 
 
 def coalesce_enabled() -> bool:
