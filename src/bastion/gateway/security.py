@@ -135,12 +135,8 @@ def gateway_token(home: Path, *, required: bool = True, out: TextIO | None = Non
             flush=True,
         )
         return None
-    if os.environ.get(TOKEN_ENV):
-        where = f"${TOKEN_ENV}"
-        token = os.environ[TOKEN_ENV]
-    else:
-        token = home_token(home)
-        where = f"the token in {token_path(home)}"
+    token = current_token(home)
+    where = f"${TOKEN_ENV}" if os.environ.get(TOKEN_ENV) else f"the token in {token_path(home)}"
     print(
         f"bastion: clients must send `Authorization: Bearer <{where}>` "
         "(`bastion client connect NAME --url URL` writes it into a client's configuration)",

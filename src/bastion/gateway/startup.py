@@ -57,11 +57,6 @@ class StartupGate:
         if not self._pending:
             self._finish()
 
-    @property
-    def pending(self) -> frozenset[str]:
-        """The upstreams still on their first attempt while the gate is closed."""
-        return frozenset(self._pending) if not self.open else frozenset()
-
     async def wait(self) -> None:
         """Return once the gate is open (at once when it is)."""
         if self.open:
