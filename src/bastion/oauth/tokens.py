@@ -265,7 +265,7 @@ class TokenManager:
                 # Another process refreshed or re-authorized: adopt its token.
                 self._cache[server] = bound(record, tokens)
                 return tokens.access_token
-            if force and _refused_again(server, tokens):
+            if force and _refused_again(server, tokens, now):
                 return None
             if not tokens.refresh_token:
                 if tokens.expired(now):
@@ -340,7 +340,7 @@ class TokenManager:
         if tokens is not None and tokens.access_token != stale and fresh:
             self._cache[server] = tokens
             return tokens.access_token
-        if force and tokens is not None and _refused_again(server, tokens):
+        if force and tokens is not None and _refused_again(server, tokens, now):
             return None
         extra = record.requested_scopes if record is not None else []
         record = record or ProviderRecord(server=server, resource_url=credentials.server_url)
@@ -373,11 +373,18 @@ class TokenManager:
         return new_tokens.access_token
 
 
-def _refused_again(server: str, tokens: TokenSet) -> bool:
+REFUSAL_WINDOW = 60.0
+"""A token obtained because the server refused the one before, and refused in turn within this many
+seconds, is not refreshed again. Later, a 401 is a new event (a server restart, a revoked grant)
+and gets its one refresh like any other token."""
+
+
+def _refused_again(server: str, tokens: TokenSet, now: float) -> bool:
     """Whether the MCP server refused `tokens`, which were themselves obtained because it refused the
-    ones before: then refreshing again would only repeat that (a server answering 401 to every
-    token made the gateway refresh dozens of times a second). The server needs authorization."""
-    if not tokens.after_refusal:
+    ones before, right after it got them: then refreshing again would only repeat that (a server
+    answering 401 to every token made the gateway refresh dozens of times a second). The server
+    needs authorization."""
+    if not tokens.after_refusal or now - tokens.obtained_at >= REFUSAL_WINDOW:
         return False
     logger.warning(
         "%s refused an access token obtained right after it refused the previous one; not refreshing again (%s)",

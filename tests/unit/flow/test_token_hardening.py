@@ -152,6 +152,24 @@ async def test_a_refresh_after_401_happens_once_per_refused_token_across_process
     assert not record.needs_authorization  # the gateway's upstream is needs-authorization; the grant stays
 
 
+async def test_a_token_refused_long_after_a_refusal_gets_its_one_refresh(world: World, store: FileStore) -> None:
+    """The mark of a token obtained after a 401 does not outlive its cause: refused an hour later
+    (a server restart, say), it is refreshed once like any other token."""
+    now = [time.time()]
+    await store.put(legacy_record(world))
+    async with world.client() as http:
+        manager = TokenManager(store, http, clock=lambda: now[0])
+        await manager.load("demo")
+        renewed = await manager.refresh_after_401("demo", "at-initial")
+        assert renewed is not None
+        now[0] += 30  # still right after the refusal: no second refresh
+        assert await manager.refresh_after_401("demo", renewed) is None
+        now[0] += 3600
+        again = await manager.refresh_after_401("demo", renewed)
+        assert again is not None and again != renewed
+    assert [f["grant_type"] for f in world.token_forms] == ["refresh_token", "refresh_token"]
+
+
 async def test_a_token_that_expired_normally_may_be_refreshed_after_a_401_again(world: World, store: FileStore) -> None:
     now = [time.time()]
     await store.put(legacy_record(world))
