@@ -119,6 +119,32 @@ async def test_keep_alive_connection_is_reused_for_the_next_request(echo: Script
     pool.close()
 
 
+async def test_trailer_fields_never_reach_the_next_responses_head() -> None:
+    """A chunked reply's trailers (RFC 9112 §7.1.2) are not a head: before, they were kept and
+    merged into the next reply on the same connection (here a stale `Content-Encoding: gzip`
+    made a plain JSON body undecodable)."""
+    replies = iter(
+        [
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
+            b"Content-Encoding: gzip\r\nX-Stale: yes\r\n\r\n",
+            ok(b"[]", b"Content-Type: application/json"),
+        ]
+    )
+    server = Scripted(lambda r, w: asyncio.sleep(0))
+    server.handler = await serve_forever(server, lambda body: next(replies))
+    async with server:
+        pool = OriginPool(server.url)
+        first = await pool.request("POST", [], b"1")
+        assert await first.read() == b"{}"
+        first.release()
+        second = await pool.request("POST", [], b"2")
+        assert await second.read() == b"[]"
+        assert "x-stale" not in second.headers and "content-encoding" not in second.headers
+        second.release()
+        assert pool.connections_opened == 1
+        pool.close()
+
+
 async def test_concurrent_requests_each_get_a_connection_and_all_return_to_the_pool(echo: Scripted) -> None:
     pool = OriginPool(echo.url)
 

@@ -336,6 +336,8 @@ class _Connection(asyncio.Protocol):
             raise LimitExceeded(f"sent a response with more than {MAX_HEADERS} header fields")
         if self._field_bytes > MAX_HEAD:
             raise LimitExceeded(f"sent response header fields larger than {amount(MAX_HEAD)}")
+        if self._response is not None:
+            return  # a trailer field (RFC 9112 §7.1.2): counted, never merged into any response's head
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         previous = self._headers.get(key)
@@ -398,6 +400,7 @@ class _Connection(asyncio.Protocol):
         self._head = head = loop.create_future()
         self._parser = httptools.HttpResponseParser(self)
         self._fields = self._field_bytes = self._stalled = 0
+        self._headers = {}
         self._transport.write(payload)
         try:
             response: Response = await head
