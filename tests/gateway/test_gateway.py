@@ -206,6 +206,37 @@ async def test_remote_server_without_token_needs_authorization(web_upstream: tup
     assert recorder.seen == []
 
 
+async def test_a_header_value_with_a_line_break_fails_the_server_without_showing_it(
+    web_upstream: tuple[str, Any],
+) -> None:
+    """h11 refuses such a value by quoting it (a secret, here) into the SDK's log: it is refused at
+    connect time, naming the header only, and nothing is sent."""
+    url, recorder = web_upstream
+
+    async def lookup(server: str, name: str) -> str | None:
+        return "s3cret-value\nX-Injected: 1" if (server, name) == ("web", "web.key") else None
+
+    entry = remote_entry("web", url, secrets=[{"name": "web.key", "env": "WEB_KEY"}])
+    entry.remote.headers["X-Api-Key"] = "${WEB_KEY}"  # type: ignore[union-attr]
+    async with Gateway([entry], FAST, secret_lookup=lookup) as gateway:
+        status = gateway.status()[0]
+        assert status.state is UpstreamState.FAILED
+        assert "header 'X-Api-Key' holds a line break" in (status.last_error or "")
+        assert "s3cret" not in (status.last_error or "")
+    assert recorder.seen == []
+
+
+async def test_a_stored_token_that_is_no_bearer_token_is_never_sent(web_upstream: tuple[str, Any]) -> None:
+    url, recorder = web_upstream
+    entry = remote_entry("web", url, oauth={"providers": [{"provider": "web"}]})
+    async with Gateway([entry], FAST, token_provider=Tokens("at-secret\r\nX-Injected: 1", url=url)) as gateway:
+        status = gateway.status()[0]
+        assert status.state is UpstreamState.NEEDS_AUTHORIZATION
+        assert "not a valid Bearer token" in (status.last_error or "")
+        assert "at-secret" not in (status.last_error or "")
+    assert recorder.seen == []
+
+
 async def test_rejected_token_is_refreshed_once_and_injected() -> None:
     recorder = RecordAuthorization(build("web").streamable_http_app(), require="good")
     async for base in serve_in_process(recorder):

@@ -54,6 +54,7 @@ from bastion.gateway.rawhttp import LimitExceeded, RawHTTPError
 from bastion.gateway.switches import switched_on
 from bastion.gateway.wire import Resend, WireChannel
 from bastion.oauth.api import TokenProvider
+from bastion.oauth.rfc6750 import is_token68
 from bastion.text import strip_userinfo
 
 logger = logging.getLogger(__name__)
@@ -437,10 +438,18 @@ class Upstream:
             return stdio_client(params, errlog=sys.stderr), None
         remote = entry.remote
         assert remote is not None
+        variables = declared_variables(entry, secrets)
         headers = {
-            key: expand_variables(value, declared_variables(entry, secrets), server=self.name, where=f"header {key}")
+            key: expand_variables(value, variables, server=self.name, where=f"header {key}")
             for key, value in remote.headers.items()
         }
+        for key, value in headers.items():
+            if any(c in value for c in "\r\n\0"):
+                # h11 would refuse it quoting the value (a secret, often) into the SDK's log.
+                raise UpstreamError(
+                    f"server {self.name!r}: header {key!r} holds a line break or NUL once its variables are expanded",
+                    hint="check the secret or variable it expands, and set it again without line breaks",
+                )
         auth: UpstreamBearerAuth | None = None
         if entry.uses_oauth and self._token_provider is not None:
             auth = await self._bearer_auth(self._token_provider, remote.url)
@@ -478,8 +487,11 @@ class Upstream:
         obtained_for = provider.obtained_for(self.name)
         if obtained_for is not None and (problem := token_destination_problem(url, obtained_for)) is not None:
             raise NeedsAuthorizationError(problem)  # before a refresh: that token is not for this URL
-        if await provider.fresh_token(self.name) is None:
+        token = await provider.fresh_token(self.name)
+        if token is None:
             raise NeedsAuthorizationError("no access token is stored")
+        if not is_token68(token):  # RFC 6750 b64token; one stored before tokens were checked at parsing
+            raise NeedsAuthorizationError("the stored access token is not a valid Bearer token")
         problem = token_destination_problem(url, provider.obtained_for(self.name))
         if problem is not None:
             raise NeedsAuthorizationError(problem)

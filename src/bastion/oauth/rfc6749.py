@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 from collections.abc import Mapping, Sequence
 from typing import NoReturn
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus, urlencode, urlsplit, urlunsplit
 
 from bastion.errors import InvalidGrantError, RegistrationError, TokenError
 from bastion.oauth.endpoint_security import url_for_message
+from bastion.oauth.rfc6750 import is_token68
 from bastion.store.models import ClientRegistration, TokenSet
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
 ]
 
 _MAX_DESCRIPTION = 300
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-"""RFC 6750 §2.1 `b64token`: all an access token may be, since it goes into `Authorization: Bearer`."""
 
 
 def build_authorization_url(
@@ -241,7 +239,7 @@ def parse_token_response(
     access_token = data.get("access_token")
     if not isinstance(access_token, str) or not access_token:
         raise TokenError(f"token endpoint {endpoint} answered without an access_token")
-    if _B64TOKEN.fullmatch(access_token) is None:
+    if not is_token68(access_token):  # RFC 6750 §2.1 b64token: the same grammar as token68
         # Not quoted: a value with CR/LF, spaces or other bytes would corrupt the Authorization
         # header (or smuggle another one), and it is a secret all the same.
         raise TokenError(
