@@ -479,3 +479,11 @@ async def test_plain_http_off_loopback_is_refused_with_the_flags_to_add(home: Pa
         assert "cannot listen" in str(bind.value)
     finally:
         await gateway.aclose()  # it was never started
+
+
+def test_the_listeners_token_stays_out_of_its_repr() -> None:
+    """A traceback with locals or a debug `%r` must not print the gateway token."""
+    from bastion.gateway.runtime import _Listener
+
+    listener = _Listener("the-gateway-token-value", None, ListenerLimits())
+    assert "the-gateway-token-value" not in repr(listener)

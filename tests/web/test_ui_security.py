@@ -506,3 +506,10 @@ async def test_redirects_to_the_page(bastion: Bastion) -> None:
         root = await http.get("/")
         bare = await http.get("/ui")
     assert root.headers["location"] == "/ui/" and bare.headers["location"] == "/ui/"
+
+
+async def test_the_pages_state_keeps_the_token_and_csrf_out_of_its_repr(bastion: Bastion) -> None:
+    ui, _ = served(bastion, token="the-gateway-token")
+    state = ui.state.ui
+    shown = repr(state)
+    assert "the-gateway-token" not in shown and state.csrf not in shown

@@ -22,7 +22,7 @@ import stat
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -405,7 +405,7 @@ lane (front.py) serves those before the ASGI app is called."""
 class _Listener:
     """How `_serve_http` serves: the token (None: turned off), TLS, and the limits."""
 
-    token: str | None
+    token: str | None = field(repr=False)
     tls: TLSFiles | None
     limits: ListenerLimits
 

@@ -29,7 +29,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl
@@ -98,8 +98,8 @@ class UIState:
 
     bastion: Bastion
     gateway_status: GatewayStatus | None
-    token: str | None
-    csrf: str
+    token: str | None = field(repr=False)
+    csrf: str = field(repr=False)
     flows: PendingFlows
     pokes: Pokes
     notices: deque[render.Notice]
