@@ -371,9 +371,14 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
         scope = _current.get()
         addresses = await self._resolve(_ascii_host(url), url.port or (443 if url.scheme == "https" else 80), scope)
         for address in addresses:
-            if address_class(address) is AddressClass.PUBLIC:
+            # What is refused whatever the server (metadata addresses, public ones included) first;
+            # only a non-public address needs the server's own classes, which may cost a lookup.
+            refusal = address_refusal(address, frozenset())
+            if refusal is None:
                 continue
-            refusal = address_refusal(address, await self._server_classes(scope, address_class(address)))
+            cls = address_class(address)
+            if cls is not AddressClass.PUBLIC:
+                refusal = address_refusal(address, await self._server_classes(scope, cls))
             if refusal is not None:
                 raise AddressRefused(f"{origin} points to {refusal}", origin=origin)
         return addresses

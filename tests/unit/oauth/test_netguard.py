@@ -6,6 +6,7 @@ not getting an answer."""
 from __future__ import annotations
 
 import time
+from ipaddress import ip_address
 from pathlib import Path
 
 import anyio
@@ -23,6 +24,7 @@ from tests.unit.oauth.hostile import (
     trickle,
 )
 
+from bastion.oauth import endpoint_security
 from bastion.oauth.netguard import AddressRefused, GuardedTransport, ResponseTooLarge, Unreachable, serving
 
 pytestmark = pytest.mark.anyio
@@ -117,6 +119,20 @@ async def test_metadata_address_is_refused_even_for_a_server_on_the_same_network
     async with client(resolver) as http:
         with serving("http://mcp.cloud.test/mcp"), pytest.raises(AddressRefused, match="never"):
             await http.get("http://imds.test/latest/meta-data/")
+
+
+async def test_a_public_address_on_the_never_list_is_refused_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The never-used list is checked before the class: a metadata service on a public address
+    (Azure's wire server is one) must not slip through as "public"."""
+    monkeypatch.setattr(
+        endpoint_security, "_METADATA_ADDRESSES", endpoint_security._METADATA_ADDRESSES | {ip_address(PUBLIC)}
+    )
+    resolver = FakeResolver({"mcp.example.test": ["93.184.216.35"], "wire.test": [PUBLIC]})
+    backend = LoopbackBackend(stand_ins=[PUBLIC])
+    async with client(resolver, backend) as http:
+        with serving("https://mcp.example.test/mcp"), pytest.raises(AddressRefused, match="never"):
+            await http.get("http://wire.test/token")
+    assert backend.asked == []
 
 
 async def test_outside_an_operation_the_enabled_servers_decide() -> None:
