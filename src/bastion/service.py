@@ -456,8 +456,6 @@ class Bastion:
         Returns what was done (also logged)."""
         notes: list[str] = []
         async with self.store.lock(_SECRETS_LOCK):
-            if self._secrets_migrated:
-                return notes  # another task of this process did it while this one waited for the lock
             names = await self.store.list_secrets()
             present = set(names)
             enabled = set(self.enabled())
