@@ -108,9 +108,12 @@ def _tighten_files(directory: Path) -> None:
     """Set 0600 on every file in `directory`, and remove temp files a crash left behind."""
     now = time.time()
     for entry in os.scandir(directory):
-        if not entry.is_file(follow_symlinks=False):
-            continue
-        st = entry.stat(follow_symlinks=False)
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # another process's temp file, renamed into place since the scan
         if entry.name.startswith(".") and entry.name.endswith(".tmp") and now - st.st_mtime > 60:
             with suppress(FileNotFoundError):
                 os.unlink(entry.path)

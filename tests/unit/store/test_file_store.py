@@ -10,6 +10,7 @@ import stat
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.anyio
 def file_setup(root: Path) -> str:
     return f"""
 from pathlib import Path
+from typing import Any
 from bastion.store.file import FileStore
 def make_store():
     return FileStore(Path({str(root)!r}))
@@ -328,3 +330,25 @@ async def test_records_written_by_an_older_process_are_read(store: FileStore, tm
     await run_child(file_setup(tmp_path / "store"), body)
     got = await store.get("old")
     assert isinstance(got, ProviderRecord) and got.revision == 1
+
+
+def test_opening_the_store_while_another_writer_renames_its_temp_file_is_fine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer in another process renames its temp file into place between this process's
+    directory scan and its stat of that entry (a CI run met it): the open goes on."""
+    from bastion.store import _fs
+
+    directory = tmp_path / "providers"
+    directory.mkdir(mode=0o700)
+    (directory / ".notion.json.abc123.tmp").write_bytes(b"{}")
+    real_scandir = os.scandir
+
+    def scandir_then_rename(path: Any) -> Any:
+        entries = list(real_scandir(path))
+        (directory / ".notion.json.abc123.tmp").rename(directory / "notion.json")
+        return iter(entries)
+
+    monkeypatch.setattr(_fs.os, "scandir", scandir_then_rename)
+    _fs.ensure_private_dir(directory)
+    assert (directory / "notion.json").exists()
